@@ -1,0 +1,55 @@
+"""Orbax checkpoints of the (unreplicated) train state.
+
+Checkpoints hold host-side arrays and no device layout, so a state saved on eight
+devices restores on one, and the reverse. Orbax writes each step into a temporary
+directory and renames it when complete, so a half-written step is never loaded.
+"""
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from googlenet_jax.errors import UserError
+
+
+def checkpoint_dir(config, workdir: str) -> str:
+  """Where checkpoints live: `config.checkpoint_dir`, else WORKDIR/checkpoints."""
+  return os.path.abspath(config.checkpoint_dir or os.path.join(workdir, 'checkpoints'))
+
+
+def create_manager(directory: str, max_to_keep: int = 3,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager that keeps the last `max_to_keep` steps in `directory`."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(directory, options=options,
+                               item_names=('state', 'meta'))
+
+
+def save(manager: ocp.CheckpointManager, state: Any, meta: dict[str, Any]) -> None:
+  """Saves `state` at `state.step` together with JSON `meta` (model, image size)."""
+  manager.save(int(state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def restore(manager: ocp.CheckpointManager, target: Any,
+            meta: dict[str, Any]) -> Any:
+  """Restores the latest step into the structure of `target`.
+
+  Raises:
+    UserError: there is no checkpoint, or it was written for another model
+      (its `meta` differs from `meta`).
+  """
+  step = manager.latest_step()
+  if step is None:
+    raise UserError(f'No checkpoint in {manager.directory}: train first, or set '
+                    '--config.checkpoint_dir to a directory that holds one.')
+  saved_meta = manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  if saved_meta != meta:
+    raise UserError(f'The checkpoint in {manager.directory} was written for '
+                    f'{saved_meta}, not {meta}: use another workdir or the same config.')
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))
+  return restored['state']

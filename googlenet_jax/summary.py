@@ -1,0 +1,67 @@
+"""Per-block output shapes, parameters and FLOPs of a model (`--mode=summary`).
+
+FLOPs come from XLA's cost analysis of each block's forward pass on one image;
+a multiply-add counts as two FLOPs.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from googlenet_jax import train
+
+
+class BlockStats(NamedTuple):
+  name: str
+  output_shape: tuple[int, ...]
+  params: int
+  flops: float
+
+
+def count_params(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def xla_flops(fn, *args) -> float:
+  """FLOPs of `fn(*args)` according to XLA's cost analysis of the compiled function."""
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return float(cost.get('flops', 0.0))
+
+
+def block_stats(model, image_size: int, rng=None) -> list[BlockStats]:
+  """One BlockStats per top-level block of `model`, in call order, for one image."""
+  images = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
+  variables = model.init(rng if rng is not None else jax.random.key(0), images)
+  _, state = model.apply(variables, images, capture_intermediates=True)
+  blocks = {k: v['__call__'][0] for k, v in state['intermediates'].items()
+            if k != '__call__'}
+  stats, inputs = [], images
+  for name, output in blocks.items():
+    apply_block = lambda x, name=name: model.apply(
+        variables, x, method=lambda module, x: getattr(module, name)(x))
+    stats.append(BlockStats(name, output.shape,
+                            count_params(variables['params'].get(name, {})),
+                            xla_flops(apply_block, inputs)))
+    inputs = output
+  return stats
+
+
+def format_table(stats: list[BlockStats]) -> str:
+  """A plain-text table with a total row."""
+  lines = [f'{"block":<8}{"output shape":<20}{"params":>14}{"MFLOPs":>12}']
+  for s in stats:
+    lines.append(f'{s.name:<8}{str(s.output_shape):<20}{s.params:>14,}'
+                 f'{s.flops / 1e6:>12.1f}')
+  lines.append(f'{"total":<28}{sum(s.params for s in stats):>14,}'
+               f'{sum(s.flops for s in stats) / 1e6:>12.1f}')
+  return '\n'.join(lines)
+
+
+def summary_table(config: ml_collections.ConfigDict) -> str:
+  """The summary of the configured model at `config.image_size`."""
+  train.check_config(config)
+  model = train.create_model(config)
+  return (f'{config.model} at {config.image_size}x{config.image_size}x1:\n'
+          + format_table(block_stats(model, config.image_size)))

@@ -1,0 +1,251 @@
+"""Training and evaluation: the per-device steps, pmapped, and the loop around them.
+
+The steps are plain functions of one device's shard that average over devices
+with `axis_name='batch'` collectives; `jax.pmap` runs them on every local device.
+Images arrive as uint8 28x28 and are resized and scaled on the device.
+"""
+
+import functools
+import itertools
+import json
+import os
+import time
+from typing import Any, Callable, Iterable
+
+from absl import logging
+from flax import jax_utils
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import ml_collections
+import numpy as np
+import optax
+
+from googlenet_jax import checkpoint
+from googlenet_jax import input_pipeline
+from googlenet_jax import models
+from googlenet_jax.errors import UserError
+from googlenet_jax.metric_writers import MetricWriter
+
+AXIS = 'batch'
+Metrics = dict[str, jax.Array]
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError, in one line, for a config that cannot run."""
+  if config.model not in models.MODELS:
+    raise UserError(f'Unknown model {config.model!r}: choose one of '
+                    f'{", ".join(sorted(models.MODELS))} (--config.model=NAME).')
+  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'image_size'):
+    if config[field] <= 0:
+      raise UserError(f'config.{field} must be positive, got {config[field]}.')
+  if config.learning_rate <= 0:
+    raise UserError(f'config.learning_rate must be positive, got {config.learning_rate}.')
+  for field in ('batch_size', 'eval_batch_size'):
+    input_pipeline.check_batch_size(config[field], jax.device_count(), field)
+
+
+def create_model(config: ml_collections.ConfigDict):
+  """The model named by `config.model`."""
+  return models.MODELS[config.model](num_classes=config.num_classes)
+
+
+def preprocess(images: jax.Array, image_size: int) -> jax.Array:
+  """uint8 (N, 28, 28, 1) -> float32 (N, S, S, 1) in [0, 1], resized bilinearly."""
+  images = images.astype(jnp.float32) / 255.0
+  n, _, _, channels = images.shape
+  return jax.image.resize(images, (n, image_size, image_size, channels), 'bilinear')
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy against integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def compute_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+  """Sums of loss, correct predictions and examples over the global batch.
+
+  Sums (not means) so that batches, devices and a padded last batch add up exactly;
+  `mask` is 0 for padding.
+  """
+  metrics = {
+      'loss': jnp.sum(cross_entropy_loss(logits, labels) * mask),
+      'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      'count': jnp.sum(mask),
+  }
+  return jax.lax.psum(metrics, axis_name=AXIS)
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD at a constant learning rate, with optional momentum."""
+  return optax.sgd(config.learning_rate, momentum=config.momentum or None)
+
+
+def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
+                       model) -> train_state.TrainState:
+  """Initial parameters and optimizer state, on the default device."""
+  images = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
+  variables = jax.jit(model.init)(rng, images)
+  return train_state.TrainState.create(
+      apply_fn=model.apply, params=variables['params'], tx=create_optimizer(config))
+
+
+def train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
+               image_size: int) -> tuple[train_state.TrainState, Metrics]:
+  """One SGD step on this device's shard; gradients are averaged over devices."""
+  images = preprocess(batch['image'], image_size)
+  labels = batch['label']
+
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, images, train=True)
+    return cross_entropy_loss(logits, labels).mean(), logits
+
+  (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name=AXIS)
+  metrics = compute_metrics(logits, labels, jnp.ones(labels.shape, jnp.float32))
+  return state.apply_gradients(grads=grads), metrics
+
+
+def eval_step(state: train_state.TrainState, batch: dict[str, jax.Array],
+              image_size: int) -> Metrics:
+  """Metric sums of one evaluation batch; padding is masked out."""
+  logits = state.apply_fn({'params': state.params},
+                          preprocess(batch['image'], image_size))
+  return compute_metrics(logits, batch['label'], batch['mask'].astype(jnp.float32))
+
+
+def pmap_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
+  """The train and eval steps, pmapped over all local devices."""
+  p_train_step = jax.pmap(
+      functools.partial(train_step, image_size=config.image_size),
+      axis_name=AXIS, donate_argnums=(0,))
+  p_eval_step = jax.pmap(
+      functools.partial(eval_step, image_size=config.image_size), axis_name=AXIS)
+  return p_train_step, p_eval_step
+
+
+def replicate(tree):
+  """Copies `tree` to every local device, laid out as the pmapped steps' outputs.
+
+  `flax.jax_utils.replicate` names its mesh axis differently, which makes the
+  second step compile the train step a second time.
+  """
+  devices = jax.local_devices()
+  sharding = NamedSharding(Mesh(devices, (AXIS,)), PartitionSpec(AXIS))
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding),
+      jax.device_get(tree))
+
+
+def sum_metrics(batches_metrics: Iterable[Metrics]) -> dict[str, float]:
+  """Adds per-batch metric sums on the device and fetches the total once."""
+  total = None
+  for metrics in batches_metrics:
+    total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+  return {k: float(v) for k, v in jax.device_get(jax_utils.unreplicate(total)).items()}
+
+
+def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
+             config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Loss and accuracy over every example of `source`, each counted once."""
+  batches = input_pipeline.eval_batches(
+      source, global_batch_size=config.eval_batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_local_devices=jax.local_device_count())
+  total = sum_metrics(p_eval_step(state, batch) for batch in batches)
+  return {'loss': total['loss'] / total['count'],
+          'accuracy': total['correct'] / total['count'],
+          'num_examples': int(total['count'])}
+
+
+def checkpoint_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a checkpoint must match to be restored: the model and its input."""
+  return {'model': config.model, 'num_classes': config.num_classes,
+          'image_size': config.image_size}
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return config.num_epochs * steps_per_epoch
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> train_state.TrainState:
+  """Trains, evaluating and checkpointing after every epoch; resumes if it can.
+
+  Returns:
+    The final (replicated) train state.
+  """
+  check_config(config)
+  sources = input_pipeline.load_sources(config)
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(sources['train']),
+                                                   config.batch_size)
+  num_steps = total_train_steps(config, steps_per_epoch)
+
+  state = create_train_state(jax.random.key(config.seed), config, create_model(config))
+  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
+                                      config.max_checkpoints_to_keep)
+  if manager.latest_step() is not None:
+    state = checkpoint.restore(manager, state, checkpoint_meta(config))
+    logging.info('Resuming from the checkpoint at step %d.', state.step)
+  step = int(state.step)
+  state = replicate(state)
+  p_train_step, p_eval_step = pmap_steps(config)
+  writer = MetricWriter(workdir) if jax.process_index() == 0 else None
+
+  while step < num_steps:
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    steps = min(steps_per_epoch, num_steps - epoch * steps_per_epoch) - step_in_epoch
+    batches = input_pipeline.train_batches(
+        sources['train'], global_batch_size=config.batch_size, seed=config.seed,
+        epoch=epoch, process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_local_devices=jax.local_device_count(), start_step=step_in_epoch)
+    start_time = time.perf_counter()
+    train_metrics = []
+    for batch in itertools.islice(batches, steps):
+      state, metrics = p_train_step(state, batch)
+      train_metrics.append(metrics)
+    train = sum_metrics(train_metrics)
+    step += steps
+    images_per_sec = train['count'] / (time.perf_counter() - start_time)
+    test = evaluate(p_eval_step, state, sources['test'], config)
+    scalars = {'epoch': epoch + 1, 'train_loss': train['loss'] / train['count'],
+               'train_accuracy': train['correct'] / train['count'],
+               'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
+               'train_images_per_sec': images_per_sec}
+    logging.info('step %d, epoch %d: train loss %.4f, test loss %.4f, test accuracy '
+                 '%.4f, %.1f images/s', step, epoch + 1, scalars['train_loss'],
+                 test['loss'], test['accuracy'], images_per_sec)
+    if writer:
+      writer.write_scalars(step, scalars)
+    checkpoint.save(manager, jax.device_get(jax_utils.unreplicate(state)),
+                    checkpoint_meta(config))
+  manager.wait_until_finished()
+  if writer:
+    writer.close()
+  return state
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict,
+                        workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint on the whole test set; writes WORKDIR/eval.json."""
+  check_config(config)
+  state = create_train_state(jax.random.key(config.seed), config, create_model(config))
+  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
+                                      read_only=True)
+  state = checkpoint.restore(manager, state, checkpoint_meta(config))
+  source = input_pipeline.load_sources(config)['test']
+  _, p_eval_step = pmap_steps(config)
+  result = evaluate(p_eval_step, replicate(state), source, config)
+  result['step'] = int(state.step)
+  logging.info('Checkpoint at step %d: test loss %.4f, test accuracy %.4f on %d '
+               'examples.', result['step'], result['loss'], result['accuracy'],
+               result['num_examples'])
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  return result

@@ -1,0 +1,49 @@
+"""Trains, evaluates or summarises a model; this file only parses flags.
+
+  python main.py --config=configs/fmnist96.py --workdir=workdir/fmnist96 [--mode=eval]
+
+Every config field can be overridden, e.g. `--config.learning_rate=0.1`.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from googlenet_jax import summary
+from googlenet_jax import train
+from googlenet_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', 'workdir', 'Directory for checkpoints and metrics.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary'],
+                  'train (resumes from WORKDIR), eval the latest checkpoint, or '
+                  'print the per-block summary.')
+flags.mark_flags_as_required(['config'])
+
+MODES = {
+    'train': train.train_and_evaluate,
+    'eval': train.evaluate_checkpoint,
+    'summary': lambda config, workdir: print(summary.summary_table(config)),
+}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.info('JAX process %d of %d, local devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,318 @@
+"""Tests for the Fashion-MNIST builder and the host-side batches."""
+
+import gzip
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from googlenet_jax import errors
+from googlenet_jax import input_pipeline
+from googlenet_jax.data import fashion_mnist
+
+NUM_TRAIN = 50
+NUM_TEST = 23
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+  """Returns `array` as an uncompressed IDX file of unsigned bytes."""
+  header = bytes([0, 0, 0x08, array.ndim])
+  return header + np.array(array.shape, '>u4').tobytes() + array.tobytes()
+
+
+def write_idx(path, array: np.ndarray):
+  """Writes `array` as a gzipped IDX file."""
+  with gzip.open(path, 'wb') as f:
+    f.write(idx_bytes(array))
+
+
+def write_dataset(directory, num_train=NUM_TRAIN, num_test=NUM_TEST):
+  """Writes the four IDX files; returns {split: (images, labels)}.
+
+  Pixel [0, 0] of example i is i, so an example can be told by its image.
+  """
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for split, num in (('train', num_train), ('test', num_test)):
+    images = rng.integers(0, 256, (num, 28, 28), np.uint8)
+    images[:, 0, 0] = np.arange(num)
+    labels = (np.arange(num) % 10).astype(np.uint8)
+    images_file, labels_file = fashion_mnist.FILES[split]
+    write_idx(os.path.join(directory, images_file), images)
+    write_idx(os.path.join(directory, labels_file), labels)
+    arrays[split] = (images, labels)
+  return arrays
+
+
+def example_ids(batch) -> np.ndarray:
+  """Returns the example index (pixel [0, 0]) of each row, flattened."""
+  return batch['image'][..., 0, 0, 0].reshape(-1)
+
+
+@pytest.fixture(scope='module')
+def written(tmp_path_factory):
+  source_dir = tmp_path_factory.mktemp('idx')
+  return source_dir, write_dataset(source_dir)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def sources(written, data_dir):
+  source_dir, _ = written
+  config = ml_collections.ConfigDict({
+      'data_dir': data_dir,
+      'source_dir': str(source_dir),
+      'verify_checksums': False,
+  })
+  return input_pipeline.load_sources(config)
+
+
+def all_batches(batches_fn, source, process_count, num_local_devices,
+                **kwargs):
+  """Returns, per step, the list of every process's batch."""
+  per_process = [
+      list(batches_fn(source, process_index=p, process_count=process_count,
+                      num_local_devices=num_local_devices, **kwargs))
+      for p in range(process_count)
+  ]
+  return list(zip(*per_process))
+
+
+# The builder.
+
+
+def test_builder_prepares_local_idx_files_in_file_order(written, sources):
+  _, arrays = written
+  for split, (images, labels) in arrays.items():
+    source = sources[split]
+    assert len(source) == len(images)
+    examples = source.__getitems__(list(range(len(source))))
+    np.testing.assert_array_equal(
+        np.stack([e['image'] for e in examples]), images[..., None])
+    np.testing.assert_array_equal([e['label'] for e in examples], labels)
+
+
+def test_get_builder_reuses_prepared_data_without_the_source(
+    sources, data_dir, tmp_path):
+  del sources  # Prepared the data.
+  builder = fashion_mnist.get_builder(data_dir, str(tmp_path / 'gone'),
+                                      verify_checksums=False)
+  assert len(builder.as_data_source('test')) == NUM_TEST
+
+
+def test_missing_files_offline_raise_data_error_with_install_hint(
+    tmp_path, monkeypatch):
+  # Nothing listens on port 1: the download fails as it would offline.
+  monkeypatch.setattr(fashion_mnist, 'URL', 'http://127.0.0.1:1/')
+  with pytest.raises(fashion_mnist.DataError,
+                     match='apt-get install dataset-fashion-mnist') as e:
+    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path / 'missing'))
+  assert '\n' not in str(e.value)
+  assert isinstance(e.value, errors.UserError)
+
+
+def test_truncated_gzip_raises_data_error_naming_the_file(tmp_path):
+  write_dataset(tmp_path)
+  path = tmp_path / 't10k-images-idx3-ubyte.gz'
+  path.write_bytes(path.read_bytes()[:-200])
+  with pytest.raises(fashion_mnist.DataError, match='t10k-images-idx3-ubyte'):
+    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
+                              verify_checksums=False)
+
+
+def test_idx_shorter_than_its_header_raises_data_error(tmp_path):
+  write_dataset(tmp_path)
+  path = tmp_path / 'train-labels-idx1-ubyte.gz'
+  with gzip.open(path, 'wb') as f:
+    f.write(idx_bytes(np.zeros(NUM_TRAIN, np.uint8))[:-1])
+  with pytest.raises(fashion_mnist.DataError,
+                     match='train-labels-idx1-ubyte.*truncated'):
+    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
+                              verify_checksums=False)
+
+
+def test_wrong_magic_number_raises_data_error(tmp_path):
+  write_dataset(tmp_path)
+  # A 2-D labels file: a valid IDX, but not a labels file.
+  write_idx(tmp_path / 'train-labels-idx1-ubyte.gz',
+            np.zeros((NUM_TRAIN, 1), np.uint8))
+  with pytest.raises(fashion_mnist.DataError, match='magic number'):
+    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
+                              verify_checksums=False)
+
+
+def test_32x32_images_raise_data_error(tmp_path):
+  write_dataset(tmp_path)
+  write_idx(tmp_path / 'train-images-idx3-ubyte.gz',
+            np.zeros((NUM_TRAIN, 32, 32), np.uint8))
+  with pytest.raises(fashion_mnist.DataError, match='32x32 images'):
+    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
+                              verify_checksums=False)
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+  write_dataset(tmp_path)
+  write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz',
+            np.zeros(NUM_TEST - 1, np.uint8))
+  with pytest.raises(fashion_mnist.DataError, match='23 images but'):
+    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
+                              verify_checksums=False)
+
+
+def test_labels_outside_the_10_classes_raise_data_error(tmp_path):
+  write_dataset(tmp_path)
+  write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz',
+            np.full(NUM_TEST, 10, np.uint8))
+  with pytest.raises(fashion_mnist.DataError, match='label 10'):
+    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
+                              verify_checksums=False)
+
+
+def test_files_that_are_not_the_real_data_fail_checksum(tmp_path):
+  write_dataset(tmp_path)
+  with pytest.raises(fashion_mnist.DataError, match='sha256'):
+    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path))
+  assert not (tmp_path / 'tfds' / 'fashion_mnist_idx' / '1.0.0').exists()
+
+
+# Training batches.
+
+
+def test_train_order_is_fixed_by_seed_and_epoch(sources):
+  def ids(seed, epoch):
+    batches = input_pipeline.train_batches(
+        sources['train'], global_batch_size=8, seed=seed, epoch=epoch,
+        process_index=0, process_count=1, num_local_devices=1)
+    return np.concatenate([example_ids(b) for b in batches])
+
+  np.testing.assert_array_equal(ids(0, 0), ids(0, 0))
+  assert not np.array_equal(ids(0, 0), ids(0, 1))
+  assert not np.array_equal(ids(0, 0), ids(1, 0))
+
+
+def test_train_batches_have_device_shapes_and_dtypes(sources):
+  batch = next(input_pipeline.train_batches(
+      sources['train'], global_batch_size=16, seed=0, epoch=0,
+      process_index=1, process_count=2, num_local_devices=4))
+  assert batch['image'].shape == (4, 2, 28, 28, 1)
+  assert batch['image'].dtype == np.uint8
+  assert batch['label'].shape == (4, 2)
+  assert batch['label'].dtype == np.int32
+
+
+@pytest.mark.parametrize('process_count,num_local_devices',
+                         [(2, 1), (2, 4), (4, 1), (4, 2)])
+def test_process_shards_make_up_the_single_process_batches(
+    sources, process_count, num_local_devices):
+  kwargs = dict(global_batch_size=8, seed=3, epoch=1)
+  single = all_batches(input_pipeline.train_batches, sources['train'], 1, 1,
+                       **kwargs)
+  sharded = all_batches(input_pipeline.train_batches, sources['train'],
+                        process_count, num_local_devices, **kwargs)
+  assert len(sharded) == len(single) == NUM_TRAIN // 8
+  for (whole,), shards in zip(single, sharded):
+    for key in ('image', 'label'):
+      joined = np.concatenate([s[key].reshape(-1, *s[key].shape[2:])
+                               for s in shards])
+      np.testing.assert_array_equal(joined, whole[key][0])
+
+
+def test_epoch_sees_each_example_at_most_once(written, sources):
+  _, arrays = written
+  steps = all_batches(input_pipeline.train_batches, sources['train'], 2, 2,
+                      global_batch_size=8, seed=0, epoch=0)
+  ids = np.concatenate([example_ids(b) for step in steps for b in step])
+  assert len(ids) == (NUM_TRAIN // 8) * 8
+  assert len(np.unique(ids)) == len(ids)
+  labels = np.concatenate([b['label'].reshape(-1) for s in steps for b in s])
+  np.testing.assert_array_equal(labels, arrays['train'][1][ids])
+
+
+def test_start_step_resumes_the_same_epoch_order(sources):
+  def batches(start_step):
+    return list(input_pipeline.train_batches(
+        sources['train'], global_batch_size=8, seed=0, epoch=2,
+        process_index=0, process_count=1, num_local_devices=2,
+        start_step=start_step))
+
+  full, resumed = batches(0), batches(4)
+  assert len(resumed) == len(full) - 4
+  for a, b in zip(full[4:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_batch_not_divisible_by_devices_raises_user_error(sources):
+  with pytest.raises(errors.UserError,
+                     match=r'batch_size 100 .* 8 devices.*batch_size=104'):
+    next(input_pipeline.train_batches(
+        sources['train'], global_batch_size=100, seed=0, epoch=0,
+        process_index=0, process_count=2, num_local_devices=4))
+  with pytest.raises(errors.UserError, match='batch_size 100'):
+    next(input_pipeline.eval_batches(
+        sources['test'], global_batch_size=100, process_index=0,
+        process_count=2, num_local_devices=4))
+
+
+def test_steps_per_epoch_drops_the_remainder():
+  assert input_pipeline.steps_per_epoch(60_000, 128) == 468
+  with pytest.raises(errors.UserError, match='larger than the 50'):
+    input_pipeline.steps_per_epoch(50, 64)
+
+
+# Evaluation batches.
+
+
+@pytest.mark.parametrize('process_count,num_local_devices',
+                         [(1, 1), (2, 2), (4, 1)])
+def test_eval_counts_every_example_exactly_once(sources, process_count,
+                                                num_local_devices):
+  steps = all_batches(input_pipeline.eval_batches, sources['test'],
+                      process_count, num_local_devices, global_batch_size=8)
+  assert len(steps) == -(-NUM_TEST // 8)
+  masks = np.concatenate([b['mask'].reshape(-1) for s in steps for b in s])
+  ids = np.concatenate([example_ids(b) for s in steps for b in s])
+  assert masks.sum() == NUM_TEST
+  np.testing.assert_array_equal(ids[masks], np.arange(NUM_TEST))
+  assert steps[0][0]['mask'].shape == (num_local_devices,
+                                       8 // process_count // num_local_devices)
+
+
+def test_array_source_batches_like_the_tfds_source(written, sources):
+  _, arrays = written
+  images, labels = arrays['train']
+  source = input_pipeline.ArraySource(images[..., None], labels)
+  kwargs = dict(global_batch_size=8, seed=0, epoch=0, process_index=0,
+                process_count=1, num_local_devices=2)
+  for a, b in zip(input_pipeline.train_batches(source, **kwargs),
+                  input_pipeline.train_batches(sources['train'], **kwargs)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+
+
+# The real dataset.
+
+
+@pytest.fixture(scope='module')
+def real_builder(tmp_path_factory):
+  return fashion_mnist.get_builder(tmp_path_factory.mktemp('real'),
+                                   fashion_mnist.DEFAULT_SOURCE_DIR)
+
+
+@pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEFAULT_SOURCE_DIR),
+                    reason='dataset-fashion-mnist is not installed')
+@pytest.mark.parametrize('split,num_per_class', [('train', 6000),
+                                                 ('test', 1000)])
+def test_real_fashion_mnist_has_balanced_classes(real_builder, split,
+                                                 num_per_class):
+  source = real_builder.as_data_source(split)
+  assert len(source) == 10 * num_per_class
+  examples = source.__getitems__(list(range(len(source))))
+  labels = np.array([e['label'] for e in examples])
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10),
+                                [num_per_class] * 10)
+  assert examples[0]['image'].shape == (28, 28, 1)

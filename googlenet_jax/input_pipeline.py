@@ -42,7 +42,8 @@ def load_sources(config) -> dict[str, object]:
   """Returns {'train': source, 'test': source}, preparing the data if needed.
 
   Args:
-    config: reads `data_dir` (tfds data directory, None for tfds's default),
+    config: reads `data_dir` (tfds data directory; '' or None for tfds's
+      default),
       `source_dir` (directory of the IDX files) and optionally
       `verify_checksums` (default True).
   """
@@ -85,8 +86,8 @@ def train_batches(source, *, global_batch_size: int, seed: int, epoch: int,
     {'image': uint8 [num_local_devices, per_device, 28, 28, 1],
      'label': int32 [num_local_devices, per_device]}.
   """
-  local_batch_size = _local_batch_size(global_batch_size, process_count,
-                                       num_local_devices)
+  check_batch_size(global_batch_size, process_count * num_local_devices)
+  local_batch_size = global_batch_size // process_count
   order = np.random.default_rng((seed, epoch)).permutation(len(source))
   for step in range(start_step, steps_per_epoch(len(source),
                                                 global_batch_size)):
@@ -114,8 +115,9 @@ def eval_batches(source, *, global_batch_size: int, process_index: int,
     As `train_batches`, plus 'mask': bool [num_local_devices, per_device],
     True for real examples.
   """
-  local_batch_size = _local_batch_size(global_batch_size, process_count,
-                                       num_local_devices)
+  check_batch_size(global_batch_size, process_count * num_local_devices,
+                   'eval_batch_size')
+  local_batch_size = global_batch_size // process_count
   num_examples = len(source)
   for step in range(-(-num_examples // global_batch_size)):
     start = step * global_batch_size + process_index * local_batch_size
@@ -126,19 +128,22 @@ def eval_batches(source, *, global_batch_size: int, process_index: int,
     yield batch
 
 
-def _local_batch_size(global_batch_size: int, process_count: int,
-                      num_local_devices: int) -> int:
-  """Returns the examples per process, if the devices split B evenly."""
-  num_devices = process_count * num_local_devices
-  if global_batch_size <= 0:
-    raise errors.UserError(f'batch_size {global_batch_size} must be positive')
-  if global_batch_size % num_devices:
-    suggestion = -(-global_batch_size // num_devices) * num_devices
+def check_batch_size(batch_size: int, num_devices: int,
+                     field: str = 'batch_size') -> None:
+  """Raises UserError unless `batch_size` splits evenly over the devices.
+
+  Args:
+    batch_size: the global batch size.
+    num_devices: the devices over all processes.
+    field: the config field the user should change.
+  """
+  if batch_size <= 0:
+    raise errors.UserError(f'{field} {batch_size} must be positive')
+  if batch_size % num_devices:
+    suggestion = -(-batch_size // num_devices) * num_devices
     raise errors.UserError(
-        f'batch_size {global_batch_size} is not divisible by the '
-        f'{num_devices} devices: use a multiple of {num_devices} '
-        f'(e.g. --config.batch_size={suggestion})')
-  return global_batch_size // process_count
+        f'{field} {batch_size} is not divisible by the {num_devices} devices: '
+        f'use a multiple of {num_devices} (e.g. --config.{field}={suggestion})')
 
 
 def _read_batch(source, indices: np.ndarray,

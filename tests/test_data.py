@@ -252,10 +252,16 @@ def test_batch_not_divisible_by_devices_raises_user_error(sources):
     next(input_pipeline.train_batches(
         sources['train'], global_batch_size=100, seed=0, epoch=0,
         process_index=0, process_count=2, num_local_devices=4))
-  with pytest.raises(errors.UserError, match='batch_size 100'):
+  with pytest.raises(errors.UserError,
+                     match=r'eval_batch_size 100 .*--config.eval_batch_size'):
     next(input_pipeline.eval_batches(
         sources['test'], global_batch_size=100, process_index=0,
         process_count=2, num_local_devices=4))
+
+
+def test_batch_size_must_be_positive():
+  with pytest.raises(errors.UserError, match='batch_size 0 must be positive'):
+    input_pipeline.check_batch_size(0, 8)
 
 
 def test_steps_per_epoch_drops_the_remainder():

@@ -185,7 +185,7 @@ def get_builder(data_dir=None, source_dir=DEFAULT_SOURCE_DIR,
   """Returns the builder, preparing the dataset into `data_dir` on first use.
 
   Args:
-    data_dir: tfds data directory; None means tfds's default.
+    data_dir: tfds data directory; '' or None means tfds's default.
     source_dir: directory holding the four `*-ubyte.gz` IDX files.
     verify_checksums: check the files are the real Fashion-MNIST.
 

@@ -1,0 +1,1 @@
+"""Fashion-MNIST as a tfds builder that needs no TensorFlow."""

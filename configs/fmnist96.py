@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data_dir = ''  # tfds data_dir for the prepared dataset; '' = tfds's default.
   config.source_dir = '/usr/share/datasets/fashion-mnist'  # The four IDX .gz files.
+  config.verify_checksums = True  # Check the IDX files are the real Fashion-MNIST.
 
   config.seed = 0  # Seeds initialisation and the data order.
   config.batch_size = 128  # Global training batch, split over all devices.

@@ -42,14 +42,11 @@ def load_sources(config) -> dict[str, object]:
   """Returns {'train': source, 'test': source}, preparing the data if needed.
 
   Args:
-    config: reads `data_dir` (tfds data directory; '' or None for tfds's
-      default),
-      `source_dir` (directory of the IDX files) and optionally
-      `verify_checksums` (default True).
+    config: reads `data_dir` (tfds data directory; '' for tfds's default),
+      `source_dir` (directory of the IDX files) and `verify_checksums`.
   """
   builder = fashion_mnist.get_builder(
-      config.data_dir, config.source_dir,
-      config.get('verify_checksums', True))
+      config.data_dir, config.source_dir, config.verify_checksums)
   return {split: builder.as_data_source(split) for split in ('train', 'test')}
 
 

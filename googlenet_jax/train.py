@@ -10,7 +10,7 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
 from flax import jax_utils
@@ -125,17 +125,18 @@ def pmap_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
   return p_train_step, p_eval_step
 
 
-def replicate(tree):
-  """Copies `tree` to every local device, laid out as the pmapped steps' outputs.
+def replicate(tree, devices: Sequence[jax.Device] | None = None):
+  """Copies `tree` to every local device (or `devices`), laid out as pmap's outputs.
 
   `flax.jax_utils.replicate` names its mesh axis differently, which makes the
   second step compile the train step a second time.
   """
-  devices = jax.local_devices()
+  devices = devices or jax.local_devices()
   sharding = NamedSharding(Mesh(devices, (AXIS,)), PartitionSpec(AXIS))
-  return jax.tree.map(
-      lambda x: jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding),
-      jax.device_get(tree))
+  def put(x):
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
+  return jax.tree.map(put, jax.device_get(tree))
 
 
 def sum_metrics(batches_metrics: Iterable[Metrics]) -> dict[str, float]:

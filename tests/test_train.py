@@ -1,0 +1,192 @@
+"""Training, evaluation and checkpoints end to end, on small generated data."""
+
+import functools
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from googlenet_jax import train
+from fake_data import NUM_TEST, NUM_TRAIN, write_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SIZE = 32  # The smallest size at which the chapter's network still works.
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory):
+  """The chapter's config on 50/23 generated examples, 32x32, batches of 16."""
+  source_dir = tmp_path_factory.mktemp('idx')
+  write_dataset(source_dir)
+  config = runpy.run_path(os.path.join(REPO, 'configs/fmnist96.py'))['get_config']()
+  config.source_dir = str(source_dir)
+  config.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.verify_checksums = False
+  config.image_size = IMAGE_SIZE
+  config.batch_size = 16
+  config.eval_batch_size = 16
+  config.num_epochs = 2
+  config.learning_rate = 0.05
+  return config
+
+
+def config_flags(config) -> list[str]:
+  return [f'--config.{field}={config[field]}' for field in
+          ('source_dir', 'data_dir', 'verify_checksums', 'image_size',
+           'batch_size', 'eval_batch_size', 'num_epochs', 'learning_rate')]
+
+
+def run_main(workdir, config, *args, num_devices=8):
+  """Runs main.py in a fresh process that sees `num_devices` CPU devices."""
+  env = dict(os.environ,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
+  return subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/fmnist96.py',
+       f'--workdir={workdir}', *config_flags(config), *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def fixed_batch(num_devices, per_device):
+  rng = np.random.default_rng(0)
+  shape = (num_devices, per_device)
+  return {'image': rng.integers(0, 256, shape + (28, 28, 1), np.uint8),
+          'label': rng.integers(0, 10, shape).astype(np.int32)}
+
+
+def initial_state(config):
+  return train.create_train_state(jax.random.key(0), config,
+                                  train.create_model(config))
+
+
+def test_train_steps_lower_the_loss_on_a_fixed_batch(config):
+  p_train_step, _ = train.pmap_steps(config)
+  state = train.replicate(initial_state(config))
+  batch = fixed_batch(8, 2)
+  losses = []
+  for _ in range(6):
+    state, metrics = p_train_step(state, batch)
+    losses.append(float(metrics['loss'][0] / metrics['count'][0]))
+  assert all(b < a for a, b in zip(losses, losses[1:])), losses
+  assert losses[-1] < losses[0] - 0.02, losses
+
+
+def test_8_devices_give_the_1_device_step_on_the_same_global_batch(config):
+  step = functools.partial(train.train_step, image_size=IMAGE_SIZE)
+  state = initial_state(config)
+  batch8 = fixed_batch(8, 2)
+  batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), batch8)
+
+  one = jax.devices()[:1]
+  state1, metrics1 = jax.pmap(step, axis_name=train.AXIS, devices=one)(
+      train.replicate(state, one), batch1)
+  state8, metrics8 = jax.pmap(step, axis_name=train.AXIS)(
+      train.replicate(state), batch8)
+
+  # XLA's CPU gradients of one batch of 16 are off by ~0.8% (against float64)
+  # where eight batches of 2 are exact to 1e-7, so the bound is loose; a missing
+  # or doubled average over devices would be off by 100% or more.
+  def update(new_state):
+    return np.concatenate([np.ravel(new[0] - old) for new, old in zip(
+        jax.tree.leaves(new_state.params), jax.tree.leaves(state.params))])
+  update1, update8 = update(state1), update(state8)
+  assert np.linalg.norm(update8 - update1) < 0.02 * np.linalg.norm(update1)
+  chex.assert_trees_all_close(metrics8['loss'][0], metrics1['loss'][0], rtol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def trained(config, tmp_path_factory):
+  """A 2-epoch run on 8 devices: its workdir and final state."""
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  return workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_training_logs_every_epoch_and_checkpoints_it(config, trained):
+  workdir, state = trained
+  steps_per_epoch = NUM_TRAIN // config.batch_size
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    lines = [json.loads(line) for line in f]
+  assert [(l['epoch'], l['step']) for l in lines] == [
+      (1, steps_per_epoch), (2, 2 * steps_per_epoch)]
+  for line in lines:
+    assert {'train_loss', 'test_loss', 'test_accuracy'} <= line.keys()
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
+      str(steps_per_epoch), str(2 * steps_per_epoch)]
+  assert int(state.step[0]) == 2 * steps_per_epoch
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(config, trained,
+                                                             tmp_path):
+  _, uninterrupted = trained
+  first_epoch = config.copy_and_resolve_references()
+  first_epoch.num_epochs = 1
+  train.train_and_evaluate(first_epoch, str(tmp_path))
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
+  chex.assert_trees_all_equal(resumed.step, uninterrupted.step)
+
+
+def test_num_train_steps_stops_mid_epoch_and_logs(config, tmp_path):
+  short = config.copy_and_resolve_references()
+  short.num_train_steps = 2
+  state = train.train_and_evaluate(short, str(tmp_path))
+  assert int(state.step[0]) == 2
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert [json.loads(line)['step'] for line in f] == [2]
+
+
+def test_eval_on_1_device_restores_an_8_device_checkpoint(config, trained):
+  workdir, _ = trained
+  on_8 = train.evaluate_checkpoint(config, workdir)
+  result = run_main(workdir, config, '--mode=eval', num_devices=1)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    on_1 = json.load(f)
+  assert on_1['num_examples'] == on_8['num_examples'] == NUM_TEST
+  assert on_1['step'] == on_8['step'] == 2 * (NUM_TRAIN // config.batch_size)
+  assert on_1['accuracy'] == on_8['accuracy']
+  np.testing.assert_allclose(on_1['loss'], on_8['loss'], rtol=1e-5)
+
+
+def test_eval_on_8_devices_restores_a_1_device_checkpoint(config, tmp_path):
+  result = run_main(tmp_path, config, '--config.num_train_steps=1',
+                    num_devices=1)
+  assert result.returncode == 0, result.stderr[-3000:]
+  evaluated = train.evaluate_checkpoint(config, str(tmp_path))
+  assert evaluated['step'] == 1
+  assert evaluated['num_examples'] == NUM_TEST
+
+
+def assert_one_line_error(result, expected):
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.startswith('Error:')]
+  assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+
+
+def test_eval_without_a_checkpoint_is_a_one_line_error(config, tmp_path):
+  assert_one_line_error(run_main(tmp_path, config, '--mode=eval'), 'No checkpoint')
+
+
+def test_batch_not_divisible_by_devices_is_a_one_line_error(config, tmp_path):
+  result = run_main(tmp_path, config, '--config.batch_size=12')
+  assert_one_line_error(result, 'not divisible by the 8 devices')
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_summary_mode_prints_the_block_shapes(config, tmp_path):
+  result = run_main(tmp_path, config, '--mode=summary', '--config.image_size=96',
+                    num_devices=1)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for block, shape in [('b1', '(1, 24, 24, 64)'), ('b2', '(1, 12, 12, 192)'),
+                       ('b3', '(1, 6, 6, 480)'), ('b4', '(1, 3, 3, 832)'),
+                       ('b5', '(1, 1024)'), ('head', '(1, 10)')]:
+    assert any(line.split()[:1] == [block] and shape in line
+               for line in result.stdout.splitlines()), result.stdout
+  assert '5,977,530' in result.stdout

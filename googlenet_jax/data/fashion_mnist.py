@@ -192,7 +192,7 @@ def get_builder(data_dir=None, source_dir=DEFAULT_SOURCE_DIR,
   Raises:
     DataError: the files are missing and cannot be downloaded, or are bad.
   """
-  builder = FashionMnistIdx(data_dir=data_dir, source_dir=source_dir,
+  builder = FashionMnistIdx(data_dir=data_dir or None, source_dir=source_dir,
                             verify_checksums=verify_checksums)
   builder.download_and_prepare()  # Returns at once if already prepared.
   return builder

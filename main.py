@@ -5,6 +5,7 @@
 Every config field can be overridden, e.g. `--config.learning_rate=0.1`.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app
@@ -33,9 +34,15 @@ MODES = {
 }
 
 
+def keep_only_orbax_warnings(record) -> bool:
+  """Orbax logs each stage of every save at INFO; only its warnings are news."""
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.get_absl_handler().addFilter(keep_only_orbax_warnings)
   logging.info('JAX process %d of %d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:

@@ -49,13 +49,14 @@ def block_stats(model, image_size: int, rng=None) -> list[BlockStats]:
 
 
 def format_table(stats: list[BlockStats]) -> str:
-  """A plain-text table with a total row."""
-  lines = [f'{"block":<8}{"output shape":<20}{"params":>14}{"MFLOPs":>12}']
+  """A plain-text table, ruled off from its header and its total row."""
+  rule = '-' * 54
+  lines = [f'{"block":<8}{"output shape":<20}{"parameters":>14}{"MFLOPs":>12}', rule]
   for s in stats:
     lines.append(f'{s.name:<8}{str(s.output_shape):<20}{s.params:>14,}'
                  f'{s.flops / 1e6:>12.1f}')
-  lines.append(f'{"total":<28}{sum(s.params for s in stats):>14,}'
-               f'{sum(s.flops for s in stats) / 1e6:>12.1f}')
+  lines += [rule, f'{"total":<28}{sum(s.params for s in stats):>14,}'
+                  f'{sum(s.flops for s in stats) / 1e6:>12.1f}']
   return '\n'.join(lines)
 
 
@@ -63,5 +64,6 @@ def summary_table(config: ml_collections.ConfigDict) -> str:
   """The summary of the configured model at `config.image_size`."""
   train.check_config(config)
   model = train.create_model(config)
-  return (f'{config.model} at {config.image_size}x{config.image_size}x1:\n'
+  return (f'{config.model} on one {config.image_size}x{config.image_size}x1 image '
+          '(a multiply-add is 2 FLOPs):\n'
           + format_table(block_stats(model, config.image_size)))

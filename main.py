@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from googlenet_jax import predict
 from googlenet_jax import summary
 from googlenet_jax import train
 from googlenet_jax.errors import UserError
@@ -22,14 +23,16 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', 'workdir', 'Directory for checkpoints and metrics.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary'],
-                  'train (resumes from WORKDIR), eval the latest checkpoint, or '
-                  'print the per-block summary.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'],
+                  'train (resumes from WORKDIR), eval the latest checkpoint, '
+                  'predict: draw its predictions on test images, or print the '
+                  'per-block summary.')
 flags.mark_flags_as_required(['config'])
 
 MODES = {
     'train': train.train_and_evaluate,
     'eval': train.evaluate_checkpoint,
+    'predict': predict.predict_checkpoint,
     'summary': lambda config, workdir: print(summary.summary_table(config)),
 }
 

@@ -36,4 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted.
   config.checkpoint_dir = ''  # Eval mode restores from here; '' = WORKDIR/checkpoints.
+
+  config.num_predictions = 18  # Test images drawn by --mode=predict.
+  config.predictions_only_mistakes = False  # Draw only misclassified test images.
   return config

@@ -1,4 +1,5 @@
-"""Scalars to TensorBoard (tensorboardX, no TensorFlow) and to WORKDIR/metrics.jsonl."""
+"""Scalars and the config to TensorBoard (tensorboardX, no TensorFlow); scalars also
+to WORKDIR/metrics.jsonl."""
 
 import json
 import os
@@ -21,6 +22,12 @@ class MetricWriter:
     self._summary_writer.flush()
     self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
     self._jsonl.flush()
+
+  def write_config(self, step: int, config) -> None:
+    """Writes the config as TensorBoard text, indented so it shows as code."""
+    text = '\n'.join('    ' + line for line in str(config).splitlines())
+    self._summary_writer.add_text('config', text, global_step=step)
+    self._summary_writer.flush()
 
   def close(self) -> None:
     self._summary_writer.close()

@@ -7,8 +7,6 @@ Images arrive as uint8 28x28 and are resized and scaled on the device.
 
 import functools
 import itertools
-import json
-import os
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,8 +21,11 @@ import numpy as np
 import optax
 
 from googlenet_jax import checkpoint
+from googlenet_jax import eval_report
 from googlenet_jax import input_pipeline
 from googlenet_jax import models
+from googlenet_jax import plots
+from googlenet_jax import progress
 from googlenet_jax.errors import UserError
 from googlenet_jax.metric_writers import MetricWriter
 
@@ -107,12 +108,28 @@ def train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
   return state.apply_gradients(grads=grads), metrics
 
 
+def eval_logits(state: train_state.TrainState, images: jax.Array,
+                image_size: int) -> jax.Array:
+  """Logits of uint8 images in inference mode; evaluation and prediction share it."""
+  return state.apply_fn({'params': state.params}, preprocess(images, image_size))
+
+
+def confusion_matrix(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """Counts of (true class, predicted class) over the global batch, padding masked."""
+  num_classes = logits.shape[-1]
+  true = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * mask[:, None]
+  predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes, dtype=jnp.int32)
+  return jax.lax.psum(true.T @ predicted, axis_name=AXIS)
+
+
 def eval_step(state: train_state.TrainState, batch: dict[str, jax.Array],
               image_size: int) -> Metrics:
-  """Metric sums of one evaluation batch; padding is masked out."""
-  logits = state.apply_fn({'params': state.params},
-                          preprocess(batch['image'], image_size))
-  return compute_metrics(logits, batch['label'], batch['mask'].astype(jnp.float32))
+  """Metric sums and confusion matrix of one evaluation batch; padding is masked out."""
+  logits = eval_logits(state, batch['image'], image_size)
+  mask = batch['mask'].astype(jnp.int32)
+  metrics = compute_metrics(logits, batch['label'], mask.astype(jnp.float32))
+  metrics['confusion'] = confusion_matrix(logits, batch['label'], mask)
+  return metrics
 
 
 def pmap_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
@@ -139,25 +156,32 @@ def replicate(tree, devices: Sequence[jax.Device] | None = None):
   return jax.tree.map(put, jax.device_get(tree))
 
 
-def sum_metrics(batches_metrics: Iterable[Metrics]) -> dict[str, float]:
-  """Adds per-batch metric sums on the device and fetches the total once."""
+def sum_metrics(batches_metrics: Iterable[Metrics]) -> dict[str, Any]:
+  """Adds per-batch metric sums on the device and fetches the total once.
+
+  Scalars come back as floats, arrays (the confusion matrix) as numpy arrays.
+  """
   total = None
   for metrics in batches_metrics:
     total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
-  return {k: float(v) for k, v in jax.device_get(jax_utils.unreplicate(total)).items()}
+  total = jax.device_get(jax_utils.unreplicate(total))
+  return {k: float(v) if np.ndim(v) == 0 else v for k, v in total.items()}
 
 
 def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
-             config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Loss and accuracy over every example of `source`, each counted once."""
+             config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Loss, accuracy and confusion matrix over every example of `source`, each once."""
   batches = input_pipeline.eval_batches(
       source, global_batch_size=config.eval_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_local_devices=jax.local_device_count())
+  batches = progress.track(batches, 'test', -(-len(source) // config.eval_batch_size),
+                           config.eval_batch_size)
   total = sum_metrics(p_eval_step(state, batch) for batch in batches)
   return {'loss': total['loss'] / total['count'],
           'accuracy': total['correct'] / total['count'],
-          'num_examples': int(total['count'])}
+          'num_examples': int(total['count']),
+          'confusion_matrix': total['confusion'].tolist()}
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -195,6 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = replicate(state)
   p_train_step, p_eval_step = pmap_steps(config)
   writer = MetricWriter(workdir) if jax.process_index() == 0 else None
+  if writer:
+    writer.write_config(step, config)
 
   while step < num_steps:
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
@@ -206,9 +232,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         num_local_devices=jax.local_device_count(), start_step=step_in_epoch)
     start_time = time.perf_counter()
     train_metrics = []
+    bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
     for batch in itertools.islice(batches, steps):
       state, metrics = p_train_step(state, batch)
       train_metrics.append(metrics)
+      bar.update(metrics)
+    bar.close()
     train = sum_metrics(train_metrics)
     step += steps
     images_per_sec = train['count'] / (time.perf_counter() - start_time)
@@ -216,12 +245,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     scalars = {'epoch': epoch + 1, 'train_loss': train['loss'] / train['count'],
                'train_accuracy': train['correct'] / train['count'],
                'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
-               'train_images_per_sec': images_per_sec}
+               'train_images_per_sec': images_per_sec,
+               'learning_rate': config.learning_rate}
     logging.info('step %d, epoch %d: train loss %.4f, test loss %.4f, test accuracy '
                  '%.4f, %.1f images/s', step, epoch + 1, scalars['train_loss'],
                  test['loss'], test['accuracy'], images_per_sec)
     if writer:
       writer.write_scalars(step, scalars)
+      plots.write_curves(workdir)
     checkpoint.save(manager, jax.device_get(jax_utils.unreplicate(state)),
                     checkpoint_meta(config))
   manager.wait_until_finished()
@@ -230,23 +261,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return state
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict,
-                        workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint on the whole test set; writes WORKDIR/eval.json."""
+def restore_for_eval(config: ml_collections.ConfigDict,
+                     workdir: str) -> train_state.TrainState:
+  """The latest checkpoint's state, on the host; raises UserError if there is none."""
   check_config(config)
   state = create_train_state(jax.random.key(config.seed), config, create_model(config))
   manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
                                       read_only=True)
-  state = checkpoint.restore(manager, state, checkpoint_meta(config))
+  return checkpoint.restore(manager, state, checkpoint_meta(config))
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict,
+                        workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint on the whole test set.
+
+  Writes WORKDIR/eval.json and WORKDIR/confusion_matrix.png, and prints the
+  accuracy of each class.
+  """
+  state = restore_for_eval(config, workdir)
   source = input_pipeline.load_sources(config)['test']
   _, p_eval_step = pmap_steps(config)
   result = evaluate(p_eval_step, replicate(state), source, config)
   result['step'] = int(state.step)
+  result['per_class_accuracy'] = eval_report.per_class_accuracy(
+      result['confusion_matrix'])
   logging.info('Checkpoint at step %d: test loss %.4f, test accuracy %.4f on %d '
                'examples.', result['step'], result['loss'], result['accuracy'],
                result['num_examples'])
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    eval_report.write(result, workdir)
   return result

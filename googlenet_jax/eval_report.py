@@ -1,0 +1,43 @@
+"""What `--mode=eval` leaves: eval.json, a per-class table and the confusion matrix."""
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from googlenet_jax import plots
+from googlenet_jax.input_pipeline import CLASS_NAMES
+
+
+def per_class_accuracy(matrix: Sequence[Sequence[int]]) -> dict[str, float | None]:
+  """Accuracy of each class (None for a class with no examples), by class name.
+
+  Args:
+    matrix: counts of (true class, predicted class).
+  """
+  matrix = np.asarray(matrix)
+  counts = matrix.sum(axis=1)
+  return {name: float(matrix[i, i] / counts[i]) if counts[i] else None
+          for i, name in enumerate(CLASS_NAMES)}
+
+
+def format_per_class(result: dict[str, Any]) -> str:
+  """A plain-text table: each class's examples and accuracy, then the total."""
+  counts = np.asarray(result['confusion_matrix']).sum(axis=1)
+  lines = [f'{"class":<14}{"examples":>10}{"accuracy":>10}']
+  for (name, accuracy), count in zip(result['per_class_accuracy'].items(), counts):
+    shown = '-' if accuracy is None else f'{accuracy:.4f}'
+    lines.append(f'{name:<14}{count:>10,}{shown:>10}')
+  lines.append(f'{"all":<14}{result["num_examples"]:>10,}{result["accuracy"]:>10.4f}')
+  return '\n'.join(lines)
+
+
+def write(result: dict[str, Any], workdir: str) -> None:
+  """Writes WORKDIR/eval.json and WORKDIR/confusion_matrix.png; prints the table."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  plots.write_confusion_matrix(result['confusion_matrix'], CLASS_NAMES,
+                               os.path.join(workdir, 'confusion_matrix.png'))
+  print(f'Checkpoint at step {result["step"]}:\n{format_per_class(result)}')

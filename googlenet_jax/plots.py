@@ -1,0 +1,100 @@
+"""The pictures a run leaves in WORKDIR: curves, confusion matrix, predictions.
+
+Drawn with matplotlib's Agg backend, so they need no display (a TPU VM has none).
+"""
+
+import json
+import os
+from typing import Sequence
+
+import matplotlib
+matplotlib.use('Agg')
+from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+CURVES = ('train_loss', 'test_loss', 'test_accuracy')
+
+
+def read_epochs(metrics_path: str) -> list[dict[str, float]]:
+  """The per-epoch records of metrics.jsonl, one per step, in step order.
+
+  A run stopped between logging and checkpointing logs that step again when it
+  resumes; the later record wins.
+  """
+  by_step = {}
+  with open(metrics_path) as f:
+    for line in f:
+      record = json.loads(line)
+      if {'epoch', *CURVES} <= record.keys():
+        by_step[record['step']] = record
+  return [by_step[step] for step in sorted(by_step)]
+
+
+def write_curves(workdir: str) -> str:
+  """Draws WORKDIR/metrics.jsonl as WORKDIR/curves.png, as the chapter's figure.
+
+  Returns:
+    The path of the PNG.
+  """
+  records = read_epochs(os.path.join(workdir, 'metrics.jsonl'))
+  fig, ax = plt.subplots(figsize=(3.5, 2.5), dpi=100)
+  epochs = [r['epoch'] for r in records]
+  for name, style in zip(CURVES, ('-', 'm--', 'g-.')):
+    ax.plot(epochs, [r[name] for r in records], style, label=name.replace('_', ' '))
+  ax.set_xlabel('epoch')
+  ax.set_xlim(0, max(epochs, default=1))
+  ax.grid(True)
+  ax.legend()
+  return _save(fig, os.path.join(workdir, 'curves.png'))
+
+
+def write_confusion_matrix(matrix: Sequence[Sequence[int]],
+                           class_names: Sequence[str], path: str) -> str:
+  """Draws counts of (true class, predicted class), with the count in each cell."""
+  matrix = np.asarray(matrix)
+  fig, ax = plt.subplots(figsize=(6, 5.5), dpi=80)
+  image = ax.imshow(matrix, cmap='Blues')
+  ticks = np.arange(len(class_names))
+  ax.set_xticks(ticks, class_names, rotation=45, ha='right')
+  ax.set_yticks(ticks, class_names)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  for (true, pred), count in np.ndenumerate(matrix):
+    ax.text(pred, true, str(count), ha='center', va='center', fontsize=7,
+            color='white' if count > matrix.max() / 2 else 'black')
+  fig.colorbar(image, ax=ax)
+  return _save(fig, path)
+
+
+def write_predictions(images: np.ndarray, labels: Sequence[int],
+                      predictions: Sequence[int], class_names: Sequence[str],
+                      path: str, num_columns: int = 9) -> str:
+  """A grid of images titled 'true\\npred', as the chapter shows; mistakes in red.
+
+  Args:
+    images: uint8 [N, 28, 28, 1].
+    labels: the true classes.
+    predictions: the predicted classes.
+    class_names: the name of each class.
+    path: the PNG to write.
+    num_columns: images per row.
+  """
+  num_rows = max(1, -(-len(images) // num_columns))
+  fig, axes = plt.subplots(num_rows, num_columns, squeeze=False,
+                           figsize=(1.2 * num_columns, 1.5 * num_rows), dpi=80)
+  for i, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if i >= len(images):
+      continue
+    ax.imshow(images[i][..., 0], cmap='gray')
+    ax.set_title(f'{class_names[labels[i]]}\n{class_names[predictions[i]]}',
+                 fontsize=8, color='black' if labels[i] == predictions[i] else 'red')
+  return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path

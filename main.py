@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from googlenet_jax import compare
 from googlenet_jax import predict
 from googlenet_jax import summary
 from googlenet_jax import train
@@ -23,10 +24,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', 'workdir', 'Directory for checkpoints and metrics.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'compare'],
                   'train (resumes from WORKDIR), eval the latest checkpoint, '
                   'predict: draw its predictions on test images, or print the '
-                  'per-block summary.')
+                  'per-block summary, or compare parameters and FLOPs of the '
+                  "chapter's networks.")
 flags.mark_flags_as_required(['config'])
 
 MODES = {
@@ -34,6 +36,7 @@ MODES = {
     'eval': train.evaluate_checkpoint,
     'predict': predict.predict_checkpoint,
     'summary': lambda config, workdir: print(summary.summary_table(config)),
+    'compare': lambda config, workdir: print(compare.comparison_table(config)),
 }
 
 

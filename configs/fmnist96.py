@@ -31,8 +31,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256  # Global evaluation batch; the last one is padded.
   config.num_epochs = 10  # Training length in epochs, used when num_train_steps is -1.
   config.num_train_steps = -1  # A positive value stops training after that many steps.
-  config.learning_rate = 0.01  # Constant learning rate of plain SGD.
+  config.learning_rate = 0.01  # Learning rate of SGD (the peak one with a schedule).
   config.momentum = 0.0  # SGD momentum; 0 is the chapter's plain SGD.
+  config.nesterov = False  # Nesterov momentum (needs momentum > 0).
+  config.weight_decay = 0.0  # L2 decay of conv and dense kernels; 0 = none.
+  config.schedule = 'constant'  # 'constant' or 'cosine' (linear warmup, cosine to 0).
+  config.warmup_epochs = 0.0  # Linear warmup length of the 'cosine' schedule.
+  config.label_smoothing = 0.0  # Training targets smoothed towards uniform; 0 = none.
 
   config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted.
   config.checkpoint_dir = ''  # Eval mode restores from here; '' = WORKDIR/checkpoints.

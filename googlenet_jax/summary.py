@@ -4,6 +4,7 @@ FLOPs come from XLA's cost analysis of each block's forward pass on one image;
 a multiply-add counts as two FLOPs.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -46,6 +47,34 @@ def block_stats(model, image_size: int, rng=None) -> list[BlockStats]:
                             xla_flops(apply_block, inputs)))
     inputs = output
   return stats
+
+
+def every_layer_has_pixels(model, image_size: int) -> bool:
+  """Whether every layer's output keeps H, W >= 1 for image_size x image_size inputs.
+
+  Shapes only (jax.eval_shape): nothing is computed. A layer whose window no
+  longer fits its input fails to trace, which counts as False too.
+  """
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
+  init = functools.partial(model.init_with_output, capture_intermediates=True)
+  try:
+    _, variables = jax.eval_shape(init, jax.random.key(0), images)
+  except (TypeError, ValueError, ZeroDivisionError):
+    return False
+  return all(min(x.shape[1:3]) >= 1
+             for x in jax.tree.leaves(variables['intermediates']) if x.ndim == 4)
+
+
+def smallest_image_size(model, largest: int = 299) -> int:
+  """The smallest image size that `model` runs at, by bisection on [1, largest]."""
+  low, high = 1, largest  # The answer lies in [low, high].
+  while low < high:
+    middle = (low + high) // 2
+    if every_layer_has_pixels(model, middle):
+      high = middle
+    else:
+      low = middle + 1
+  return low
 
 
 def format_table(stats: list[BlockStats]) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
 from flax import jax_utils
+from flax import struct
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,16 @@ from googlenet_jax.metric_writers import MetricWriter
 
 AXIS = 'batch'
 Metrics = dict[str, jax.Array]
+SCHEDULES = ('constant', 'cosine')
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and BatchNorm's running averages.
+
+  `batch_stats` is {} for models without BatchNorm. It is not trained by the
+  optimizer: train_step replaces it with what the model returns.
+  """
+  batch_stats: Any = struct.field(default_factory=dict)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -43,6 +54,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise UserError(f'config.{field} must be positive, got {config[field]}.')
   if config.learning_rate <= 0:
     raise UserError(f'config.learning_rate must be positive, got {config.learning_rate}.')
+  min_size = models.MIN_IMAGE_SIZE[config.model]
+  if config.image_size < min_size:
+    raise UserError(f'config.image_size {config.image_size} is too small for '
+                    f'{config.model}: its smallest working image size is {min_size}.')
+  if not 0 <= config.label_smoothing < 1:
+    raise UserError('config.label_smoothing must be in [0, 1), got '
+                    f'{config.label_smoothing}.')
+  if config.schedule not in SCHEDULES:
+    raise UserError(f'Unknown config.schedule {config.schedule!r}: choose one of '
+                    f'{", ".join(SCHEDULES)}.')
   for field in ('batch_size', 'eval_batch_size'):
     input_pipeline.check_batch_size(config[field], jax.device_count(), field)
 
@@ -64,6 +85,18 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def smoothed_cross_entropy_loss(logits: jax.Array, labels: jax.Array,
+                                label_smoothing: float) -> jax.Array:
+  """Per-example cross-entropy against one-hot labels smoothed towards uniform.
+
+  The target puts 1 - label_smoothing + label_smoothing / K on the true class
+  and label_smoothing / K on each other class (Szegedy et al., 2016).
+  """
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  return optax.softmax_cross_entropy(
+      logits, optax.smooth_labels(targets, label_smoothing))
+
+
 def compute_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
   """Sums of loss, correct predictions and examples over the global batch.
 
@@ -78,40 +111,79 @@ def compute_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Me
   return jax.lax.psum(metrics, axis_name=AXIS)
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD at a constant learning rate, with optional momentum."""
-  return optax.sgd(config.learning_rate, momentum=config.momentum or None)
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.ScalarOrSchedule:
+  """config.learning_rate, constant or after linear warmup with cosine decay to 0."""
+  if config.schedule == 'constant':
+    # A float, not a schedule: the optimizer state then holds no step count,
+    # as in checkpoints of the chapter's recipe.
+    return config.learning_rate
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate,
+      warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+      decay_steps=config.num_epochs * steps_per_epoch)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """SGD with optional (Nesterov) momentum and weight decay on the kernels.
+
+  `steps_per_epoch` only shapes the learning-rate schedule; the optimizer state's
+  structure, which a checkpoint must match, does not depend on it.
+  """
+  sgd = optax.sgd(create_learning_rate_fn(config, steps_per_epoch),
+                  momentum=config.momentum or None, nesterov=config.nesterov)
+  if not config.weight_decay:
+    return sgd
+  # Decay conv and dense kernels, not biases or BatchNorm's scale and offset.
+  kernels = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
+  return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=kernels), sgd)
 
 
 def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
-                       model) -> train_state.TrainState:
-  """Initial parameters and optimizer state, on the default device."""
+                       model, steps_per_epoch: int = 1) -> TrainState:
+  """Initial parameters, BatchNorm statistics and optimizer state, on the default device."""
   images = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
   variables = jax.jit(model.init)(rng, images)
-  return train_state.TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=create_optimizer(config))
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}),
+      tx=create_optimizer(config, steps_per_epoch))
 
 
-def train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
-               image_size: int) -> tuple[train_state.TrainState, Metrics]:
-  """One SGD step on this device's shard; gradients are averaged over devices."""
+def train_step(state: TrainState, batch: dict[str, jax.Array], image_size: int,
+               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics]:
+  """One SGD step on this device's shard; gradients are averaged over devices.
+
+  The loss is smoothed by `label_smoothing`; the metrics' loss is plain
+  cross-entropy, comparable with the test loss.
+  """
   images = preprocess(batch['image'], image_size)
   labels = batch['label']
 
   def loss_fn(params):
-    logits = state.apply_fn({'params': params}, images, train=True)
-    return cross_entropy_loss(logits, labels).mean(), logits
+    # BatchNorm in training mode normalises with this step's batch statistics
+    # (averaged over devices: axis_name='batch') and returns its updated running
+    # averages as the mutable 'batch_stats' collection; {} without BatchNorm.
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+        mutable=['batch_stats'])
+    loss = smoothed_cross_entropy_loss(logits, labels, label_smoothing).mean()
+    return loss, (logits, updates['batch_stats'])
 
-  (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, axis_name=AXIS)
   metrics = compute_metrics(logits, labels, jnp.ones(labels.shape, jnp.float32))
-  return state.apply_gradients(grads=grads), metrics
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def eval_logits(state: train_state.TrainState, images: jax.Array,
-                image_size: int) -> jax.Array:
+def eval_logits(state: TrainState, images: jax.Array, image_size: int) -> jax.Array:
   """Logits of uint8 images in inference mode; evaluation and prediction share it."""
-  return state.apply_fn({'params': state.params}, preprocess(images, image_size))
+  # BatchNorm in inference mode (train=False) normalises with the running
+  # averages kept in state.batch_stats and leaves them unchanged.
+  return state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                        preprocess(images, image_size))
 
 
 def confusion_matrix(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
@@ -135,7 +207,8 @@ def eval_step(state: train_state.TrainState, batch: dict[str, jax.Array],
 def pmap_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
   """The train and eval steps, pmapped over all local devices."""
   p_train_step = jax.pmap(
-      functools.partial(train_step, image_size=config.image_size),
+      functools.partial(train_step, image_size=config.image_size,
+                        label_smoothing=config.label_smoothing),
       axis_name=AXIS, donate_argnums=(0,))
   p_eval_step = jax.pmap(
       functools.partial(eval_step, image_size=config.image_size), axis_name=AXIS)
@@ -209,7 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                                    config.batch_size)
   num_steps = total_train_steps(config, steps_per_epoch)
 
-  state = create_train_state(jax.random.key(config.seed), config, create_model(config))
+  state = create_train_state(jax.random.key(config.seed), config, create_model(config),
+                             steps_per_epoch)
   manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
                                       config.max_checkpoints_to_keep)
   if manager.latest_step() is not None:

@@ -1,0 +1,30 @@
+"""GoogLeNet with BatchNorm on native 28x28 Fashion-MNIST, sized for an hour on a CPU.
+
+The stem is a 3x3/1 conv (googlenet_jax/models/googlenet28.py): no upsampling,
+so a step costs less than half of the 96x96 network's. 4 epochs of Nesterov SGD
+with warmup and cosine decay: on a 2-core CPU that trains the 96x96 network at
+35 images/s, about 1.7 s a step (scaled from CPU time measured against the 96x96
+step), 469 steps an epoch: about 53 minutes of training, under an hour with the
+4 evaluations.
+
+  python main.py --config=configs/fmnist28.py --workdir=workdir/fmnist28
+"""
+
+import ml_collections
+
+from configs import fmnist96
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """fmnist96 at 28x28 with BatchNorm, momentum, weight decay and a short schedule."""
+  config = fmnist96.get_config()
+  config.model = 'googlenet28'  # 3x3/1 stem conv, BatchNorm after every conv.
+  config.image_size = 28  # The images as they are: no resizing.
+  config.num_epochs = 4  # About an hour on 2 CPU cores.
+  config.learning_rate = 0.1  # Peak learning rate; BatchNorm keeps it stable.
+  config.momentum = 0.9  # Momentum SGD ...
+  config.nesterov = True  # ... in its Nesterov form.
+  config.weight_decay = 5e-4  # L2 on conv and dense kernels.
+  config.schedule = 'cosine'  # Linear warmup, then cosine decay to 0 over the run.
+  config.warmup_epochs = 0.2  # A short warmup: the run is short.
+  return config

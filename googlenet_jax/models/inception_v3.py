@@ -1,0 +1,157 @@
+"""Inception-v3 (Szegedy et al., 2016, "Rethinking the Inception Architecture").
+
+What changes from the chapter's Inception block:
+- `InceptionA` (the paper's Figure 5): the 5x5 branch becomes two 3x3 convs, the
+  same receptive field for 18/25 of the multiply-adds.
+- `InceptionB` (Figure 6): n x n factorised into 1 x n then n x 1 (n = 7).
+- `InceptionC` (Figure 7): the 3x3s end in parallel 1x3 and 3x1 convs, widening
+  the output on the coarsest grid.
+- `ReductionA`, `ReductionB` (Figure 10): the grid is halved by stride-2 convs in
+  parallel with a stride-2 max-pool, not by a pool alone, so no information is
+  dropped before it has been expanded into more channels.
+- BatchNorm after every conv, before its ReLU; average pools in the pool branch.
+
+Channel numbers are the paper's (as in torchvision's inception_v3), without the
+auxiliary classifier. The body is adapted to 96x96: the paper's 299x299 stem has a
+second 3x3/2 max-pool, dropped here so the blocks work on 20x20, 9x9 and 4x4 grids
+(the paper's 35x35, 17x17, 8x8). As in the paper, the stem and the reductions use
+unpadded convs; every other conv pads symmetrically to keep H and W.
+"""
+
+import functools
+import flax.linen as nn
+import jax.numpy as jnp
+
+from googlenet_jax.models.googlenet import (
+    BatchNorm, Conv, Dense, Stage, conv_layers, global_average_pool)
+
+
+def conv_bn(x: jnp.ndarray, features: int, kernel: tuple[int, int], train: bool,
+            stride: int = 1, valid: bool = False) -> jnp.ndarray:
+  """Conv + BatchNorm + ReLU, padded to keep H and W unless `valid`.
+
+  Call it inside a compact module: its layers become that module's.
+  """
+  padding = 'VALID' if valid else tuple((k // 2, k // 2) for k in kernel)
+  x = Conv(features, kernel, strides=(stride, stride), padding=padding)(x)
+  x = BatchNorm(use_running_average=not train)(x)
+  return nn.relu(x)
+
+
+def avg_pool_3x3(x: jnp.ndarray) -> jnp.ndarray:
+  """3x3/1 average pool, padded to keep H and W."""
+  return nn.avg_pool(x, (3, 3), padding=((1, 1), (1, 1)))
+
+
+def max_pool_3x3_valid(x: jnp.ndarray) -> jnp.ndarray:
+  """3x3/2 max-pool without padding, as the paper's grid reductions."""
+  return nn.max_pool(x, (3, 3), strides=(2, 2))
+
+
+class InceptionA(nn.Module):
+  """1x1 | 1x1, 3x3 | 1x1, 3x3, 3x3 (the factorised 5x5) | avg-pool, 1x1."""
+  pool_features: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    b1 = conv_bn(x, 64, (1, 1), train)
+    b2 = conv_bn(x, 48, (1, 1), train)
+    b2 = conv_bn(b2, 64, (3, 3), train)
+    b3 = conv_bn(x, 64, (1, 1), train)
+    b3 = conv_bn(b3, 96, (3, 3), train)
+    b3 = conv_bn(b3, 96, (3, 3), train)
+    b4 = conv_bn(avg_pool_3x3(x), self.pool_features, (1, 1), train)
+    return jnp.concatenate([b1, b2, b3, b4], axis=-1)
+
+
+class ReductionA(nn.Module):
+  """Halves the grid: 3x3/2 | 1x1, 3x3, 3x3/2 | max-pool 3x3/2; 288 -> 768 channels."""
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    b1 = conv_bn(x, 384, (3, 3), train, stride=2, valid=True)
+    b2 = conv_bn(x, 64, (1, 1), train)
+    b2 = conv_bn(b2, 96, (3, 3), train)
+    b2 = conv_bn(b2, 96, (3, 3), train, stride=2, valid=True)
+    return jnp.concatenate([b1, b2, max_pool_3x3_valid(x)], axis=-1)
+
+
+class InceptionB(nn.Module):
+  """The n x n convs factorised into 1 x n and n x 1 (n = 7); 768 channels out.
+
+  Attributes:
+    c7: channels inside the factorised branches.
+  """
+  c7: int
+  n: int = 7
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    n = self.n
+    b1 = conv_bn(x, 192, (1, 1), train)
+    b2 = conv_bn(x, self.c7, (1, 1), train)
+    b2 = conv_bn(b2, self.c7, (1, n), train)
+    b2 = conv_bn(b2, 192, (n, 1), train)
+    b3 = conv_bn(x, self.c7, (1, 1), train)
+    b3 = conv_bn(b3, self.c7, (n, 1), train)
+    b3 = conv_bn(b3, self.c7, (1, n), train)
+    b3 = conv_bn(b3, self.c7, (n, 1), train)
+    b3 = conv_bn(b3, 192, (1, n), train)
+    b4 = conv_bn(avg_pool_3x3(x), 192, (1, 1), train)
+    return jnp.concatenate([b1, b2, b3, b4], axis=-1)
+
+
+class ReductionB(nn.Module):
+  """Halves the grid: 1x1, 3x3/2 | 1x1, 1x7, 7x1, 3x3/2 | max-pool; 768 -> 1280."""
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    b1 = conv_bn(x, 192, (1, 1), train)
+    b1 = conv_bn(b1, 320, (3, 3), train, stride=2, valid=True)
+    b2 = conv_bn(x, 192, (1, 1), train)
+    b2 = conv_bn(b2, 192, (1, 7), train)
+    b2 = conv_bn(b2, 192, (7, 1), train)
+    b2 = conv_bn(b2, 192, (3, 3), train, stride=2, valid=True)
+    return jnp.concatenate([b1, b2, max_pool_3x3_valid(x)], axis=-1)
+
+
+class InceptionC(nn.Module):
+  """Wide branches for the coarsest grid: 3x3s end in parallel 1x3 and 3x1; 2048 out."""
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    b1 = conv_bn(x, 320, (1, 1), train)
+    b2 = conv_bn(x, 384, (1, 1), train)
+    b2 = jnp.concatenate([conv_bn(b2, 384, (1, 3), train),
+                          conv_bn(b2, 384, (3, 1), train)], axis=-1)
+    b3 = conv_bn(x, 448, (1, 1), train)
+    b3 = conv_bn(b3, 384, (3, 3), train)
+    b3 = jnp.concatenate([conv_bn(b3, 384, (1, 3), train),
+                          conv_bn(b3, 384, (3, 1), train)], axis=-1)
+    b4 = conv_bn(avg_pool_3x3(x), 192, (1, 1), train)
+    return jnp.concatenate([b1, b2, b3, b4], axis=-1)
+
+
+class InceptionV3(nn.Module):
+  """Stem b1-b2, body b3-b5 (3 A, reduction, 4 B, reduction, 2 C blocks), head.
+
+  At 96x96 the blocks give (N,22,22,64), (N,20,20,192), (N,20,20,288),
+  (N,9,9,768), (N,2048) and (N,num_classes) logits.
+  """
+  num_classes: int = 10
+
+  def setup(self):
+    conv = functools.partial(conv_layers, norm=True)  # Unpadded unless told.
+    self.b1 = Stage([*conv(32, 3, stride=2), *conv(32, 3), *conv(64, 3, padding=1),
+                     max_pool_3x3_valid])
+    self.b2 = Stage([*conv(80, 1), *conv(192, 3)])
+    self.b3 = Stage([InceptionA(32), InceptionA(64), InceptionA(64)])
+    self.b4 = Stage([ReductionA(), InceptionB(128), InceptionB(160),
+                     InceptionB(160), InceptionB(192)])
+    self.b5 = Stage([ReductionB(), InceptionC(), InceptionC(), global_average_pool])
+    self.head = Dense(self.num_classes)
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    for stage in (self.b1, self.b2, self.b3, self.b4, self.b5):
+      x = stage(x, train=train)
+    return self.head(x)

@@ -1,0 +1,243 @@
+"""The chapter's exercises: model variants, minimum sizes, BatchNorm state,
+label smoothing, the optimizer options and the compared classic networks."""
+
+import functools
+import os
+import runpy
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from googlenet_jax import checkpoint
+from googlenet_jax import compare
+from googlenet_jax import models
+from googlenet_jax import summary
+from googlenet_jax import train
+from googlenet_jax.errors import UserError
+from googlenet_jax.models import classic
+from googlenet_jax.models.googlenet import Stage, conv_layers, global_average_pool
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def config():
+  """The chapter's config at 32x32 with batches of 16: no data is read here."""
+  config = runpy.run_path(os.path.join(REPO, 'configs/fmnist96.py'))['get_config']()
+  config.update(image_size=32, batch_size=16, eval_batch_size=16, learning_rate=0.05)
+  return config
+
+
+# Trainable parameters (10 classes) and BatchNorm running averages.
+PARAMS = {
+    'googlenet': (5_977_530, 0),
+    'googlenet_bn': (5_992_090, 14_560),
+    'googlenet28': (5_989_530, 14_560),
+    'inception_resnet': (11_774_778, 14_560),
+    'inception_v3': (21_675_242, 34_432),
+}
+IMAGE_SIZE = {'googlenet28': 28, 'inception_v3': 96}  # Else 32.
+
+
+def shapes(model, image_size, train_mode=False):
+  """Logits and variables of `model`, as shapes only."""
+  images = jax.ShapeDtypeStruct((2, image_size, image_size, 1), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  logits = jax.eval_shape(
+      functools.partial(model.apply, train=train_mode, mutable=['batch_stats']),
+      variables, images)[0]
+  return logits, variables
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_variant_gives_logits_and_its_parameter_count(name):
+  model = models.MODELS[name](num_classes=10)
+  logits, variables = shapes(model, IMAGE_SIZE.get(name, 32))
+  chex.assert_shape(logits, (2, 10))
+  counts = (summary.count_params(variables['params']),
+            summary.count_params(variables.get('batch_stats', {})))
+  assert counts == PARAMS[name]
+
+
+def test_registry_names_every_model_and_the_chapters_is_the_default():
+  assert set(models.MODELS) == set(PARAMS) == set(models.MIN_IMAGE_SIZE)
+  assert models.MODELS['googlenet'] is models.GoogLeNet
+
+
+def test_googlenet28_keeps_a_grid_down_to_b5():
+  model = models.MODELS['googlenet28']()
+  images = jnp.zeros((1, 28, 28, 1))
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  _, state = jax.eval_shape(functools.partial(
+      model.apply, capture_intermediates=True), variables, images)
+  got = {k: state['intermediates'][k]['__call__'][0].shape for k in ('b1', 'b2', 'b4')}
+  assert got == {'b1': (1, 14, 14, 64), 'b2': (1, 7, 7, 192), 'b4': (1, 2, 2, 832)}
+
+
+def test_residual_block_is_the_input_plus_a_scaled_projection():
+  block = models.ResidualInception(2, (2, 2), (2, 2), 2, scale=0.2)
+  x = jax.random.normal(jax.random.key(1), (1, 4, 4, 8))
+  variables = block.init(jax.random.key(0), x)
+  zeroed = jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.zeros_like(v) if path[0].key == 'Conv_0' else v,
+      variables['params'])
+  # A zero projection leaves relu(x): the shortcut is the identity (8 -> 8).
+  chex.assert_trees_all_close(block.apply({'params': zeroed}, x), nn.relu(x))
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_min_image_size_is_the_smallest_that_runs(name):
+  model = models.MODELS[name]()
+  size = models.MIN_IMAGE_SIZE[name]
+  assert summary.every_layer_has_pixels(model, size)
+  assert not summary.every_layer_has_pixels(model, size - 1)
+
+
+def test_check_config_rejects_too_small_images_and_unknown_models(config):
+  small = config.copy_and_resolve_references()
+  small.model, small.image_size = 'inception_v3', 42
+  with pytest.raises(UserError, match='smallest working image size is 43'):
+    train.check_config(small)
+  small.image_size = 43
+  train.check_config(small)
+  unknown = config.copy_and_resolve_references()
+  unknown.model = 'lenet'
+  with pytest.raises(UserError, match="Unknown model 'lenet'"):
+    train.check_config(unknown)
+
+
+def test_label_smoothing_loss_on_a_hand_computed_case():
+  logits = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))
+  labels = jnp.array([0])
+  # Smoothing 0.3 over 3 classes: targets (0.8, 0.1, 0.1), so the loss is
+  # -(0.8 log 0.5 + 0.2 log 0.25) = 1.2 log 2; without smoothing, log 2.
+  chex.assert_trees_all_close(
+      train.smoothed_cross_entropy_loss(logits, labels, 0.3), 1.2 * jnp.log(2.0)[None])
+  chex.assert_trees_all_close(
+      train.smoothed_cross_entropy_loss(logits, labels, 0.0),
+      train.cross_entropy_loss(logits, labels))
+
+
+def test_the_chapters_optimizer_state_is_unchanged(config):
+  """Checkpoints of the constant-rate recipe keep restoring: no step count added."""
+  params = {'kernel': jnp.zeros((3, 3)), 'bias': jnp.zeros(3)}
+  chex.assert_trees_all_equal_structs(
+      train.create_optimizer(config).init(params), optax.sgd(0.05).init(params))
+
+
+def test_cosine_schedule_warms_up_then_decays_and_decay_spares_biases(config):
+  best = config.copy_and_resolve_references()
+  best.update(schedule='cosine', warmup_epochs=1.0, num_epochs=3, momentum=0.9,
+              nesterov=True, weight_decay=0.1, learning_rate=0.2)
+  lr = train.create_learning_rate_fn(best, steps_per_epoch=10)
+  assert lr(0) == 0 and lr(5) == pytest.approx(0.1) and lr(10) == pytest.approx(0.2)
+  assert lr(30) == pytest.approx(0.0)
+  tx = train.create_optimizer(best, steps_per_epoch=10)
+  params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  _, opt_state = tx.update(zero_grads, tx.init(params), params)  # At lr 0.
+  updates, _ = tx.update(zero_grads, opt_state, params)
+  assert float(jnp.abs(updates['bias']).max()) == 0  # Zero gradient, no decay.
+  assert float(jnp.abs(updates['kernel']).max()) > 0
+
+
+class TinyBN(nn.Module):
+  """A conv with BatchNorm and a head: the BatchNorm path at a tiny cost."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = Stage([*conv_layers(4, 3, norm=True, padding=1), global_average_pool])(
+        x, train=train)
+    return nn.Dense(self.num_classes)(x)
+
+
+def tiny_state(config, model):
+  return train.create_train_state(jax.random.key(0), config, model)
+
+
+def random_batch(num_devices, per_device, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (num_devices, per_device)
+  return {'image': rng.integers(0, 256, shape + (28, 28, 1), np.uint8),
+          'label': rng.integers(0, 10, shape).astype(np.int32),
+          'mask': np.ones(shape, np.int32)}
+
+
+@pytest.fixture(scope='module')
+def bn_step(config):
+  """The initial TinyBN state and its state after one pmapped step on 8 devices."""
+  state = tiny_state(config, TinyBN())
+  p_train_step, _ = train.pmap_steps(config)
+  new_state, _ = p_train_step(train.replicate(state), random_batch(8, 2))
+  return state, new_state
+
+
+def test_batchnorm_statistics_update_in_training_identically_on_every_device(
+    config, bn_step):
+  state, new_state = bn_step
+  mean = new_state.batch_stats['BatchNorm_0']['mean']
+  assert mean.shape == (8, 4)
+  assert not np.allclose(mean[0], state.batch_stats['BatchNorm_0']['mean'])
+  # Each device saw other images; axis_name='batch' averaged their statistics.
+  for leaf in jax.tree.leaves(new_state.batch_stats):
+    chex.assert_trees_all_equal(*list(leaf))
+  # They are the statistics of the global batch: one device, all 16 images.
+  one = jax.devices()[:1]
+  step = jax.pmap(functools.partial(train.train_step, image_size=config.image_size),
+                  axis_name=train.AXIS, devices=one)
+  batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), random_batch(8, 2))
+  state1, _ = step(train.replicate(state, one), batch1)
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], new_state.batch_stats),
+                              jax.tree.map(lambda x: x[0], state1.batch_stats),
+                              atol=1e-6)
+
+
+def test_batchnorm_statistics_stay_fixed_in_evaluation(config, bn_step):
+  _, new_state = bn_step
+  state = jax.device_get(jax.tree.map(lambda x: x[0], new_state))
+  images = train.preprocess(random_batch(1, 4)['image'][0], config.image_size)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  _, updates = state.apply_fn(variables, images, mutable=['batch_stats'])
+  chex.assert_trees_all_equal(updates['batch_stats'], state.batch_stats)
+  _, p_eval_step = train.pmap_steps(config)
+  first = p_eval_step(new_state, random_batch(8, 2, seed=1))
+  chex.assert_trees_all_equal(first, p_eval_step(new_state, random_batch(8, 2, seed=1)))
+
+
+def test_a_checkpoint_restores_batchnorm_statistics(config, bn_step, tmp_path):
+  _, new_state = bn_step
+  saved = jax.device_get(jax.tree.map(lambda x: x[0], new_state))
+  manager = checkpoint.create_manager(str(tmp_path))
+  checkpoint.save(manager, saved, {'model': 'tiny'})
+  manager.wait_until_finished()
+  restored = checkpoint.restore(manager, tiny_state(config, TinyBN()), {'model': 'tiny'})
+  chex.assert_trees_all_equal(restored.batch_stats, saved.batch_stats)
+  chex.assert_trees_all_equal(restored.params, saved.params)
+
+
+def test_a_checkpoint_restores_an_empty_batch_stats(config, tmp_path):
+  state = tiny_state(config, nn.Dense(10))
+  assert state.batch_stats == {}
+  manager = checkpoint.create_manager(str(tmp_path))
+  checkpoint.save(manager, state, {'model': 'dense'})
+  manager.wait_until_finished()
+  restored = checkpoint.restore(manager, state, {'model': 'dense'})
+  assert restored.batch_stats == {}
+
+
+@pytest.mark.parametrize('model, params', [
+    (classic.AlexNet(), 46_764_746), (classic.VGG(), 128_806_154),
+    (classic.NiN(), 1_992_166)])
+def test_classic_networks_have_d2ls_parameter_counts_at_224(model, params):
+  assert compare.count_params(model, 224) == params
+
+
+def test_alexnet_and_nin_multiply_adds_at_224():
+  assert 0.85 * 0.94e9 < compare.multiply_adds(classic.AlexNet(), 224) < 1.02 * 0.94e9
+  assert 0.85 * 0.76e9 < compare.multiply_adds(classic.NiN(), 224) < 1.02 * 0.76e9

@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 0.0  # Linear warmup length of the 'cosine' schedule.
   config.label_smoothing = 0.0  # Training targets smoothed towards uniform; 0 = none.
 
+  config.checkpoint_every_steps = 0  # Also checkpoint every N steps; 0 = epoch ends only.
   config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted.
   config.checkpoint_dir = ''  # Eval mode restores from here; '' = WORKDIR/checkpoints.
 

@@ -45,11 +45,19 @@ def restore(manager: ocp.CheckpointManager, target: Any,
   if step is None:
     raise UserError(f'No checkpoint in {manager.directory}: train first, or set '
                     '--config.checkpoint_dir to a directory that holds one.')
-  saved_meta = manager.restore(step, args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))['meta']
+  saved_meta = read_item(manager, step, meta=ocp.args.JsonRestore())['meta']
   if saved_meta != meta:
     raise UserError(f'The checkpoint in {manager.directory} was written for '
                     f'{saved_meta}, not {meta}: use another workdir or the same config.')
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))
-  return restored['state']
+  return read_item(manager, step, state=ocp.args.StandardRestore(target))['state']
+
+
+def read_item(manager: ocp.CheckpointManager, step: int, **items) -> Any:
+  """Restores `items` of `step`; a damaged checkpoint becomes a UserError."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # Orbax and TensorStore raise many types for bad files.
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f'Cannot read the checkpoint at step {step} in '
+                    f'{manager.directory} ({reason[:200]}): delete that step '
+                    'directory to fall back to an earlier one.') from e

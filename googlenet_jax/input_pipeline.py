@@ -10,7 +10,10 @@ however many processes and devices share it.
 """
 
 from collections.abc import Iterator, Sequence
+import functools
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from googlenet_jax import errors
@@ -45,8 +48,14 @@ def load_sources(config) -> dict[str, object]:
     config: reads `data_dir` (tfds data directory; '' for tfds's default),
       `source_dir` (directory of the IDX files) and `verify_checksums`.
   """
-  builder = fashion_mnist.get_builder(
-      config.data_dir, config.source_dir, config.verify_checksums)
+  prepare = functools.partial(fashion_mnist.get_builder, config.data_dir,
+                              config.source_dir, config.verify_checksums)
+  if jax.process_count() > 1:
+    # Process 0 prepares first, so hosts sharing a data_dir never write it twice.
+    if jax.process_index() == 0:
+      prepare()
+    multihost_utils.sync_global_devices('fashion_mnist_idx prepared')
+  builder = prepare()
   return {split: builder.as_data_source(split) for split in ('train', 'test')}
 
 

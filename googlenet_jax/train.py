@@ -7,6 +7,9 @@ Images arrive as uint8 28x28 and are resized and scaled on the device.
 
 import functools
 import itertools
+import math
+import os
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -26,6 +29,7 @@ from googlenet_jax import eval_report
 from googlenet_jax import input_pipeline
 from googlenet_jax import models
 from googlenet_jax import plots
+from googlenet_jax import preemption
 from googlenet_jax import progress
 from googlenet_jax.errors import UserError
 from googlenet_jax.metric_writers import MetricWriter
@@ -54,6 +58,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise UserError(f'config.{field} must be positive, got {config[field]}.')
   if config.learning_rate <= 0:
     raise UserError(f'config.learning_rate must be positive, got {config.learning_rate}.')
+  if config.num_train_steps == 0 or config.num_train_steps < -1:
+    raise UserError('config.num_train_steps must be -1 or positive (-1 = use '
+                    f'num_epochs), got {config.num_train_steps}.')
+  if config.checkpoint_every_steps < 0:
+    raise UserError('config.checkpoint_every_steps must be 0 (epoch ends only) or '
+                    f'positive, got {config.checkpoint_every_steps}.')
   min_size = models.MIN_IMAGE_SIZE[config.model]
   if config.image_size < min_size:
     raise UserError(f'config.image_size {config.image_size} is too small for '
@@ -66,6 +76,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     f'{", ".join(SCHEDULES)}.')
   for field in ('batch_size', 'eval_batch_size'):
     input_pipeline.check_batch_size(config[field], jax.device_count(), field)
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates `workdir`; UserError, before any work is done, if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise UserError(f'Cannot write to the workdir {workdir} ({e.strerror}): '
+                    'choose another --workdir.') from e
 
 
 def create_model(config: ml_collections.ConfigDict):
@@ -269,6 +290,29 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   return config.num_epochs * steps_per_epoch
 
 
+def is_checkpoint_step(config: ml_collections.ConfigDict, step: int) -> bool:
+  every = config.checkpoint_every_steps
+  return every > 0 and step % every == 0
+
+
+def save_checkpoint(manager, state: train_state.TrainState,
+                    config: ml_collections.ConfigDict, train_loss_sum: float) -> None:
+  """Saves the replicated `state`, unless training has diverged since the last save.
+
+  Raises:
+    UserError: the training loss or a parameter is NaN or infinite; the last
+      good checkpoint is kept as it is.
+  """
+  host_state = jax.device_get(jax_utils.unreplicate(state))
+  params_finite = all(np.isfinite(x).all() for x in jax.tree.leaves(host_state.params))
+  if not (math.isfinite(train_loss_sum) and params_finite):
+    raise UserError(
+        f'The training loss is not finite at step {host_state.step}: stopped '
+        f'without saving. The last good checkpoint is step {manager.latest_step()} '
+        f'in {manager.directory}; try a lower learning rate.')
+  checkpoint.save(manager, host_state, checkpoint_meta(config))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> train_state.TrainState:
   """Trains, evaluating and checkpointing after every epoch; resumes if it can.
@@ -277,6 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The final (replicated) train state.
   """
   check_config(config)
+  make_workdir(workdir)
   sources = input_pipeline.load_sources(config)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(sources['train']),
                                                    config.batch_size)
@@ -296,39 +341,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if writer:
     writer.write_config(step, config)
 
-  while step < num_steps:
-    epoch, step_in_epoch = divmod(step, steps_per_epoch)
-    steps = min(steps_per_epoch, num_steps - epoch * steps_per_epoch) - step_in_epoch
-    batches = input_pipeline.train_batches(
-        sources['train'], global_batch_size=config.batch_size, seed=config.seed,
-        epoch=epoch, process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_local_devices=jax.local_device_count(), start_step=step_in_epoch)
-    start_time = time.perf_counter()
-    train_metrics = []
-    bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
-    for batch in itertools.islice(batches, steps):
-      state, metrics = p_train_step(state, batch)
-      train_metrics.append(metrics)
-      bar.update(metrics)
-    bar.close()
-    train = sum_metrics(train_metrics)
-    step += steps
-    images_per_sec = train['count'] / (time.perf_counter() - start_time)
-    test = evaluate(p_eval_step, state, sources['test'], config)
-    scalars = {'epoch': epoch + 1, 'train_loss': train['loss'] / train['count'],
-               'train_accuracy': train['correct'] / train['count'],
-               'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
-               'train_images_per_sec': images_per_sec,
-               'learning_rate': config.learning_rate}
-    logging.info('step %d, epoch %d: train loss %.4f, test loss %.4f, test accuracy '
-                 '%.4f, %.1f images/s', step, epoch + 1, scalars['train_loss'],
-                 test['loss'], test['accuracy'], images_per_sec)
-    if writer:
-      writer.write_scalars(step, scalars)
-      plots.write_curves(workdir)
-    checkpoint.save(manager, jax.device_get(jax_utils.unreplicate(state)),
-                    checkpoint_meta(config))
+  with preemption.StopSignal() as stop:
+    while step < num_steps:
+      epoch, step_in_epoch = divmod(step, steps_per_epoch)
+      epoch_end = min((epoch + 1) * steps_per_epoch, num_steps)
+      batches = input_pipeline.train_batches(
+          sources['train'], global_batch_size=config.batch_size, seed=config.seed,
+          epoch=epoch, process_index=jax.process_index(),
+          process_count=jax.process_count(),
+          num_local_devices=jax.local_device_count(), start_step=step_in_epoch)
+      start_time = time.perf_counter()
+      train_metrics = []
+      bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
+      for batch in itertools.islice(batches, epoch_end - step):
+        state, metrics = p_train_step(state, batch)
+        train_metrics.append(metrics)
+        bar.update(metrics)
+        step += 1
+        stopping = stop.requested(step)
+        if stopping or (is_checkpoint_step(config, step) and step < epoch_end):
+          save_checkpoint(manager, state, config, sum_metrics(train_metrics)['loss'])
+        if stopping:
+          manager.wait_until_finished()
+          logging.warning('Stopped at step %d with a checkpoint; run the same '
+                          'command again to resume.', step)
+          return state
+      bar.close()
+      train = sum_metrics(train_metrics)
+      images_per_sec = train['count'] / (time.perf_counter() - start_time)
+      save_checkpoint(manager, state, config, train['loss'])
+      test = evaluate(p_eval_step, state, sources['test'], config)
+      scalars = {'epoch': epoch + 1, 'train_loss': train['loss'] / train['count'],
+                 'train_accuracy': train['correct'] / train['count'],
+                 'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
+                 'train_images_per_sec': images_per_sec,
+                 'learning_rate': config.learning_rate}
+      logging.info('step %d, epoch %d: train loss %.4f, test loss %.4f, test '
+                   'accuracy %.4f, %.1f images/s', step, epoch + 1,
+                   scalars['train_loss'], test['loss'], test['accuracy'],
+                   images_per_sec)
+      if writer:
+        writer.write_scalars(step, scalars)
+        plots.write_curves(workdir)
   manager.wait_until_finished()
   if writer:
     writer.close()

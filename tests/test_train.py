@@ -3,9 +3,6 @@
 import functools
 import json
 import os
-import runpy
-import subprocess
-import sys
 
 import chex
 import jax
@@ -13,44 +10,8 @@ import numpy as np
 import pytest
 
 from googlenet_jax import train
-from fake_data import NUM_TEST, NUM_TRAIN, write_dataset
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE_SIZE = 32  # The smallest size at which the chapter's network still works.
-
-
-@pytest.fixture(scope='module')
-def config(tmp_path_factory):
-  """The chapter's config on 50/23 generated examples, 32x32, batches of 16."""
-  source_dir = tmp_path_factory.mktemp('idx')
-  write_dataset(source_dir)
-  config = runpy.run_path(os.path.join(REPO, 'configs/fmnist96.py'))['get_config']()
-  config.source_dir = str(source_dir)
-  config.data_dir = str(tmp_path_factory.mktemp('tfds'))
-  config.verify_checksums = False
-  config.image_size = IMAGE_SIZE
-  config.batch_size = 16
-  config.eval_batch_size = 16
-  config.num_epochs = 2
-  config.learning_rate = 0.05
-  return config
-
-
-def config_flags(config) -> list[str]:
-  return [f'--config.{field}={config[field]}' for field in
-          ('source_dir', 'data_dir', 'verify_checksums', 'image_size',
-           'batch_size', 'eval_batch_size', 'num_epochs', 'learning_rate')]
-
-
-def run_main(workdir, config, *args, num_devices=8):
-  """Runs main.py in a fresh process that sees `num_devices` CPU devices."""
-  env = dict(os.environ,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
-  return subprocess.run(
-      [sys.executable, 'main.py', '--config=configs/fmnist96.py',
-       f'--workdir={workdir}', *config_flags(config), *args],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
+from conftest import IMAGE_SIZE, run_main
+from fake_data import NUM_TEST, NUM_TRAIN
 
 def fixed_batch(num_devices, per_device):
   rng = np.random.default_rng(0)

@@ -1,0 +1,248 @@
+"""Preemption, kill-and-resume, several hosts, divergence and bad input.
+
+Runs of main.py in subprocesses, as a scheduler would start and kill them.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, config_flags, run_main
+from googlenet_jax import checkpoint
+from googlenet_jax import train
+
+NUM_EPOCHS = 4  # 12 steps of 16 examples: long enough to kill in the middle.
+
+
+def final_state(config, workdir):
+  """The latest checkpoint in `workdir`, as host arrays."""
+  target = train.create_train_state(jax.random.key(0), config,
+                                    train.create_model(config))
+  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
+                                      read_only=True)
+  return jax.device_get(checkpoint.restore(manager, target,
+                                           train.checkpoint_meta(config)))
+
+
+def finished_steps(workdir) -> list[int]:
+  """Steps with a complete checkpoint (Orbax renames a step when it is whole)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def start_main(workdir, config, *args, num_devices=8):
+  env = dict(os.environ,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
+  return subprocess.Popen(
+      [sys.executable, 'main.py', '--config=configs/fmnist96.py',
+       f'--workdir={workdir}', *config_flags(config), *args],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def signal_after_checkpoint(process, workdir, step, sig, timeout=240):
+  """Sends `sig` to `process` as soon as the checkpoint of `step` exists."""
+  deadline = time.monotonic() + timeout
+  while not any(s >= step for s in finished_steps(workdir)):
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, 'no checkpoint in time'
+    time.sleep(0.02)
+  assert process.poll() is None, 'the run ended before it could be interrupted'
+  process.send_signal(sig)
+  _, stderr = process.communicate(timeout=timeout)
+  return process.returncode, stderr
+
+
+@pytest.fixture(scope='module')
+def long_config(config):
+  long = config.copy_and_resolve_references()
+  long.num_epochs = NUM_EPOCHS
+  return long
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(long_config, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  result = run_main(workdir, long_config, '--config.checkpoint_every_steps=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return final_state(long_config, workdir)
+
+
+def test_runs_killed_twice_resume_bit_exactly(long_config, uninterrupted, tmp_path):
+  every_step = '--config.checkpoint_every_steps=1'
+  for kill_after in (2, 7):
+    process = start_main(tmp_path, long_config, every_step)
+    signal_after_checkpoint(process, tmp_path, kill_after, signal.SIGKILL)
+  result = run_main(tmp_path, long_config, every_step)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed = final_state(long_config, tmp_path)
+  assert int(resumed.step) == 12
+  chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
+  chex.assert_trees_all_equal(resumed.opt_state, uninterrupted.opt_state)
+
+
+def test_sigterm_saves_the_current_step_and_resumes_bit_exactly(
+    long_config, uninterrupted, tmp_path):
+  process = start_main(tmp_path, long_config)  # Checkpoints only at epoch ends.
+  returncode, stderr = signal_after_checkpoint(process, tmp_path, 3, signal.SIGTERM)
+  assert returncode == 0, stderr[-3000:]
+  assert 'Stopped at step' in stderr
+  stopped_at = finished_steps(tmp_path)[-1]
+  assert 3 <= stopped_at < 12
+  assert f'Stopped at step {stopped_at} ' in stderr
+  result = run_main(tmp_path, long_config)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed = final_state(long_config, tmp_path)
+  chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
+  chex.assert_trees_all_equal(resumed.opt_state, uninterrupted.opt_state)
+
+
+def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_path):
+  short = long_config.copy_and_resolve_references()
+  short.num_train_steps = 3
+  assert run_main(tmp_path, short).returncode == 0
+  # What a kill in the middle of Orbax's write of step 4 leaves behind.
+  partial = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp-1234'
+  shutil.copytree(tmp_path / 'checkpoints' / '3', partial)
+  for path in partial.rglob('*'):
+    if path.is_file():
+      path.write_bytes(path.read_bytes()[:7])
+  result = run_main(tmp_path, long_config)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed = final_state(long_config, tmp_path)
+  chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_2_processes_of_4_devices_train_like_1_process_of_8(long_config, tmp_path):
+  short = long_config.copy_and_resolve_references()
+  short.num_train_steps = 2
+  address = f'localhost:{free_port()}'
+  workdir = tmp_path / 'two_hosts'
+  processes = [start_main(workdir, short, f'--coordinator_address={address}',
+                          '--num_processes=2', f'--process_id={i}', num_devices=4)
+               for i in range(2)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+  one_host = tmp_path / 'one_host'
+  assert run_main(one_host, short).returncode == 0
+  two = final_state(short, workdir)
+  one = final_state(short, one_host)
+  assert int(two.step) == int(one.step) == 2
+  chex.assert_trees_all_close(two.params, one.params, atol=1e-5, rtol=1e-4)
+  # The 2-process checkpoint evaluates in one process with one device.
+  result = run_main(workdir, short, '--mode=eval', num_devices=1)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(config, tmp_path):
+  good = config.copy_and_resolve_references()
+  good.num_train_steps = 2
+  assert run_main(tmp_path, good, '--config.checkpoint_every_steps=1').returncode == 0
+  before = final_state(config, tmp_path)
+  result = run_main(tmp_path, good, '--config.checkpoint_every_steps=1',
+                    '--config.num_train_steps=4', '--config.learning_rate=inf')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert 'not finite at step 3' in result.stderr
+  assert 'last good checkpoint is step 2' in result.stderr
+  assert finished_steps(tmp_path) == [1, 2]
+  chex.assert_trees_all_equal(final_state(config, tmp_path).params, before.params)
+
+
+def error_line(result) -> str:
+  """The single `Error:` line of a failed run, checking there is nothing else."""
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith('Error:')]
+  assert len(lines) == 1, result.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--config.no_such_field=1'], 'Unknown config field'),
+    (['--config.model=resnet'], 'Unknown model'),
+    (['--config.num_epochs=0'], 'num_epochs must be positive'),
+    (['--config.num_train_steps=0'], 'num_train_steps must be -1 or positive'),
+    (['--config.batch_size=-16'], 'batch_size must be positive'),
+    (['--config.learning_rate=0'], 'learning_rate must be positive'),
+    (['--config.image_size=8'], 'image_size'),
+    (['--config.source_dir=/nonexistent', '--config.data_dir=/tmp/gj_no_data'],
+     'apt-get install dataset-fashion-mnist'),
+])
+def test_bad_config_is_one_line(config, tmp_path, args, expected):
+  line = error_line(run_main(tmp_path, config, *args, num_devices=1))
+  assert expected in line, line
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/no_such.py',
+       f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True)
+  assert 'configs/no_such.py' in error_line(result)
+
+
+def test_wrong_type_is_reported_by_the_flag_parser(config, tmp_path):
+  result = run_main(tmp_path, config, '--config.batch_size=many', num_devices=1)
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr
+  assert "flag --config.batch_size=many" in result.stderr
+
+
+def test_truncated_idx_file_is_one_line(config, tmp_path):
+  source = tmp_path / 'idx'
+  shutil.copytree(config.source_dir, source)
+  labels = source / 'train-labels-idx1-ubyte.gz'
+  labels.write_bytes(labels.read_bytes()[:20])
+  line = error_line(run_main(tmp_path / 'w', config, f'--config.source_dir={source}',
+                             f'--config.data_dir={tmp_path / "tfds"}', num_devices=1))
+  assert 'train-labels-idx1-ubyte' in line
+
+
+@pytest.fixture(scope='module')
+def one_step_workdir(config, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('one_step')
+  result = run_main(workdir, config, '--config.num_train_steps=1', num_devices=1)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_checkpoint_of_another_image_size_is_refused(config, one_step_workdir):
+  before = finished_steps(one_step_workdir)
+  line = error_line(run_main(one_step_workdir, config, '--config.image_size=64',
+                             num_devices=1))
+  assert 'was written for' in line and "'image_size': 32" in line
+  assert finished_steps(one_step_workdir) == before
+
+
+def test_truncated_checkpoint_file_is_one_line(config, one_step_workdir, tmp_path):
+  workdir = tmp_path / 'w'
+  shutil.copytree(one_step_workdir, workdir)
+  for path in (workdir / 'checkpoints' / '1' / 'state').rglob('*'):
+    if path.is_file() and path.stat().st_size > 100:
+      path.write_bytes(path.read_bytes()[:50])
+  line = error_line(run_main(workdir, config, '--mode=eval', num_devices=1))
+  assert 'Cannot read the checkpoint at step 1' in line
+
+
+def test_unwritable_workdir_is_one_line(config, tmp_path):
+  not_a_directory = tmp_path / 'file'
+  not_a_directory.write_text('')
+  line = error_line(run_main(not_a_directory / 'workdir', config, num_devices=1))
+  assert 'Cannot write to the workdir' in line

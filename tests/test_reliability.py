@@ -182,7 +182,8 @@ def error_line(result) -> str:
     (['--config.num_train_steps=0'], 'num_train_steps must be -1 or positive'),
     (['--config.batch_size=-16'], 'batch_size must be positive'),
     (['--config.learning_rate=0'], 'learning_rate must be positive'),
-    (['--config.image_size=8'], 'image_size'),
+    (['--config.model=inception_v3', '--config.image_size=32'],
+     'smallest working image size is 43'),
     (['--config.source_dir=/nonexistent', '--config.data_dir=/tmp/gj_no_data'],
      'apt-get install dataset-fashion-mnist'),
 ])

@@ -216,7 +216,8 @@ def test_a_checkpoint_restores_batchnorm_statistics(config, bn_step, tmp_path):
   manager = checkpoint.create_manager(str(tmp_path))
   checkpoint.save(manager, saved, {'model': 'tiny'})
   manager.wait_until_finished()
-  restored = checkpoint.restore(manager, tiny_state(config, TinyBN()), {'model': 'tiny'})
+  target = tiny_state(config, TinyBN())
+  restored = checkpoint.restore(manager, target, {'model': 'tiny'})
   chex.assert_trees_all_equal(restored.batch_stats, saved.batch_stats)
   chex.assert_trees_all_equal(restored.params, saved.params)
 

@@ -234,17 +234,17 @@ def format_table(info: dict, r: dict) -> str:
       ('batch, image size', f"{info['batch_size']}, {info['image_size']}"),
       ('compile (s)', f"{r['compile_s']:.1f}"),
       ('time to first step (s)', f"{r['time_to_first_step_s']:.1f}"),
-      ('train images/s, synthetic', _rate(r['train_synthetic'])),
+      ('train images/s, synthetic', format_rate(r['train_synthetic'])),
   ]
   if 'train_real' in r:
     rows += [
-        ('train images/s, real data', _rate(r['train_real'])),
+        ('train images/s, real data', format_rate(r['train_real'])),
         ('real / synthetic',
          f"{r['train_real']['median'] / r['train_synthetic']['median']:.3f}"),
         ('pipeline alone images/s', f"{r['pipeline_only']:.0f}"),
     ]
   rows += [
-      ('eval images/s', _rate(r['eval'])),
+      ('eval images/s', format_rate(r['eval'])),
       ('GFLOP per train step', f"{r['flops'] / 1e9:.1f}"),
       ('achieved GFLOP/s', f"{r['achieved_flops_per_s'] / 1e9:.1f}"),
       ('matmul peak GFLOP/s', f"{r['matmul_peak_flops'] / 1e9:.1f}"),
@@ -260,7 +260,8 @@ def format_table(info: dict, r: dict) -> str:
   return '\n'.join(f'{name:<28}{value}' for name, value in rows)
 
 
-def _rate(stats: dict) -> str:
+def format_rate(stats: dict) -> str:
+  """'median (min, max, steps)' of images/s stats."""
   return (f"{stats['median']:.1f} (min {stats['min']:.1f}, "
           f"max {stats['max']:.1f}, {stats['steps']} steps)")
 

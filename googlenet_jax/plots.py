@@ -10,6 +10,7 @@ from typing import Sequence
 import matplotlib
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 CURVES = ('train_loss', 'test_loss', 'test_accuracy')
@@ -40,9 +41,12 @@ def write_curves(workdir: str) -> str:
   fig, ax = plt.subplots(figsize=(3.5, 2.5), dpi=100)
   epochs = [r['epoch'] for r in records]
   for name, style in zip(CURVES, ('-', 'm--', 'g-.')):
-    ax.plot(epochs, [r[name] for r in records], style, label=name.replace('_', ' '))
+    # Dots too, so that a run of one or two epochs still shows its values.
+    ax.plot(epochs, [r[name] for r in records], style, marker='.',
+            label=name.replace('_', ' '))
   ax.set_xlabel('epoch')
-  ax.set_xlim(0, max(epochs, default=1))
+  ax.set_xlim(0.5, max(epochs, default=1) + 0.5)
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
   ax.grid(True)
   ax.legend()
   return _save(fig, os.path.join(workdir, 'curves.png'))

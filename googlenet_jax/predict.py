@@ -23,6 +23,7 @@ def predict(state, source, config: ml_collections.ConfigDict) -> dict[str, np.nd
   """
   predict_logits = jax.jit(functools.partial(train.eval_logits,
                                              image_size=config.image_size))
+  state = jax.device_put(state)  # Once, not with every batch.
   found = {'image': [], 'label': [], 'prediction': []}
   batches = input_pipeline.eval_batches(
       source, global_batch_size=config.eval_batch_size, process_index=0,

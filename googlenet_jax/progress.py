@@ -49,7 +49,7 @@ class Progress:
     self._report_every_secs = report_every_secs
     self._enabled = jax.process_index() == 0 if enabled is None else enabled
     self._loss = None
-    self._start = self._last_report = time.perf_counter()
+    self._created = self._start = self._last_report = time.perf_counter()
     self._bar = None
     if self._enabled and self._stream.isatty():
       self._bar = tqdm(total=total, initial=initial, desc=description,
@@ -61,6 +61,9 @@ class Progress:
     if not self._enabled:
       return
     now = time.perf_counter()
+    if self._step == self._initial + 1:
+      # The first step includes compiling it: rates and ETAs count from its end.
+      self._start = self._last_report = now
     line_due = (self._bar is None and
                 now - self._last_report >= self._report_every_secs)
     if metrics is not None and (self._step % LOSS_EVERY_STEPS == 0 or line_due):
@@ -80,22 +83,21 @@ class Progress:
     elif self._enabled:
       self._print_line()
 
-  def _images_per_sec(self) -> float:
-    elapsed = time.perf_counter() - self._start
-    return (self._step - self._initial) * self._images_per_step / max(elapsed, 1e-9)
+  def _steps_per_sec(self) -> float:
+    timed_steps = self._step - self._initial - 1
+    return timed_steps / max(time.perf_counter() - self._start, 1e-9)
 
   def _postfix(self) -> str:
-    postfix = f'{self._images_per_sec():.1f} images/s'
+    postfix = f'{self._steps_per_sec() * self._images_per_step:.1f} images/s'
     if self._loss is not None:
       postfix += f', loss {self._loss:.4f}'
     return postfix
 
   def _print_line(self) -> None:
-    elapsed = time.perf_counter() - self._start
-    done = self._step - self._initial
-    remaining = (self._total - self._step) * elapsed / done if done else 0.0
+    rate = self._steps_per_sec()
+    remaining = (self._total - self._step) / rate if rate else 0.0
     timing = (f'ETA {tqdm.format_interval(remaining)}' if self._step < self._total
-              else f'took {tqdm.format_interval(elapsed)}')
+              else f'took {tqdm.format_interval(time.perf_counter() - self._created)}')
     print(f'{self._description} step {self._step}/{self._total}: {self._postfix()}, '
           f'{timing}', file=self._stream, flush=True)
 

@@ -1,0 +1,156 @@
+"""What users see: progress lines, curves, the evaluation report and predictions."""
+
+import io
+import json
+import os
+
+from matplotlib import image as mpimg
+import numpy as np
+import pytest
+
+from googlenet_jax import eval_report
+from googlenet_jax import input_pipeline
+from googlenet_jax import plots
+from googlenet_jax import predict
+from googlenet_jax import progress
+from googlenet_jax import train
+from conftest import run_main
+from fake_data import NUM_TEST
+
+
+@pytest.fixture(scope='module')
+def evaluated(config, tmp_path_factory):
+  """A 2-epoch run on 8 devices, its checkpoint evaluated: the workdir and result."""
+  workdir = str(tmp_path_factory.mktemp('report'))
+  train.train_and_evaluate(config, workdir)
+  return workdir, train.evaluate_checkpoint(config, workdir)
+
+
+def png_shape(path):
+  """(height, width) of a PNG, read back as an image."""
+  return mpimg.imread(path).shape[:2]
+
+
+def test_training_draws_the_curves_of_every_epoch(evaluated):
+  workdir, _ = evaluated
+  assert png_shape(os.path.join(workdir, 'curves.png')) == (250, 350)
+  records = plots.read_epochs(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['epoch'] for r in records] == [1, 2]
+
+
+def test_a_step_logged_twice_is_drawn_once(tmp_path):
+  lines = [{'step': 3, 'epoch': 1, 'train_loss': 2.0, 'test_loss': 2.1,
+            'test_accuracy': 0.1},
+           {'step': 6, 'epoch': 2, 'train_loss': 9.0, 'test_loss': 9.0,
+            'test_accuracy': 0.0},
+           {'step': 6, 'epoch': 2, 'train_loss': 1.0, 'test_loss': 1.1,
+            'test_accuracy': 0.5}]
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    f.writelines(json.dumps(line) + '\n' for line in lines)
+  assert plots.read_epochs(str(tmp_path / 'metrics.jsonl')) == [lines[0], lines[2]]
+  plots.write_curves(str(tmp_path))
+  assert png_shape(tmp_path / 'curves.png') == (250, 350)
+
+
+def test_tensorboard_gets_the_learning_rate_and_the_config(evaluated, config):
+  workdir, _ = evaluated
+  events = b''.join(open(os.path.join(workdir, name), 'rb').read()
+                    for name in os.listdir(workdir) if name.startswith('events.'))
+  assert b'learning_rate' in events
+  assert f'batch_size: {config.batch_size}'.encode() in events
+
+
+def test_eval_report_counts_every_example_once(evaluated):
+  workdir, result = evaluated
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    saved = json.load(f)
+  assert saved == result
+  assert {'accuracy', 'loss', 'num_examples', 'step'} <= saved.keys()
+  matrix = np.array(saved['confusion_matrix'])
+  assert matrix.shape == (10, 10)
+  assert matrix.sum() == saved['num_examples'] == NUM_TEST
+  assert np.trace(matrix) / matrix.sum() == pytest.approx(saved['accuracy'])
+  assert list(saved['per_class_accuracy']) == list(input_pipeline.CLASS_NAMES)
+  counts = matrix.sum(axis=1)
+  weighted = sum(count * accuracy for count, accuracy in
+                 zip(counts, saved['per_class_accuracy'].values()))
+  assert weighted / counts.sum() == pytest.approx(saved['accuracy'])
+  assert png_shape(os.path.join(workdir, 'confusion_matrix.png')) == (440, 480)
+
+
+def test_per_class_accuracy_of_a_class_without_examples_is_none():
+  matrix = np.zeros((10, 10), int)
+  matrix[0, 0], matrix[0, 1] = 3, 1
+  accuracy = eval_report.per_class_accuracy(matrix)
+  assert accuracy['t-shirt/top'] == 0.75
+  assert accuracy['trouser'] is None
+
+
+def test_eval_mode_prints_each_class_and_plain_progress_lines(evaluated, config):
+  workdir, result = evaluated
+  completed = run_main(workdir, config, '--mode=eval', num_devices=1)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  for name in input_pipeline.CLASS_NAMES:
+    assert any(line.startswith(name) for line in completed.stdout.splitlines())
+  assert f'{result["accuracy"]:.4f}' in completed.stdout
+  assert 'test step 2/2:' in completed.stderr  # 23 examples in batches of 16.
+  assert '\r' not in completed.stderr
+
+
+def test_predict_draws_the_first_test_images(evaluated, config):
+  workdir, _ = evaluated
+  path = predict.predict_checkpoint(config, workdir)
+  assert path == os.path.join(workdir, 'predictions.png')
+  assert png_shape(path) == (2 * 120, 9 * 96)  # 18 images, 9 a row.
+
+
+def test_predict_can_show_only_mistakes(evaluated, config):
+  workdir, _ = evaluated
+  mistakes = config.copy_and_resolve_references()
+  mistakes.predictions_only_mistakes = True
+  mistakes.num_predictions = 5
+  found = predict.predict(train.restore_for_eval(mistakes, workdir),
+                          input_pipeline.load_sources(mistakes)['test'], mistakes)
+  assert len(found['label']) == 5
+  assert np.all(found['label'] != found['prediction'])
+
+
+def fake_metrics(loss):
+  return {'loss': np.full(8, 16.0 * loss), 'count': np.full(8, 16.0)}
+
+
+def test_progress_off_a_terminal_prints_whole_lines():
+  stream = io.StringIO()
+  bar = progress.Progress('epoch 1/2', total=25, images_per_step=16, stream=stream,
+                          report_every_secs=0, enabled=True)
+  for step in range(25):
+    bar.update(fake_metrics(loss=2.5 - step / 10))
+  bar.close()
+  lines = stream.getvalue().splitlines()
+  assert '\r' not in stream.getvalue()
+  assert len(lines) == 26
+  assert lines[9].startswith('epoch 1/2 step 10/25: ') and 'images/s' in lines[9]
+  assert 'loss 1.6000' in lines[9] and 'ETA' in lines[9]
+  assert 'took' in lines[-1]
+
+
+def test_progress_on_a_terminal_is_a_bar():
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+  stream = Terminal()
+  bar = progress.Progress('epoch 2/2', total=20, images_per_step=16, stream=stream,
+                          enabled=True)
+  for _ in range(20):
+    bar.update(fake_metrics(loss=0.5))
+  bar.close()
+  assert 'epoch 2/2' in stream.getvalue() and 'loss 0.5000' in stream.getvalue()
+
+
+def test_progress_of_other_processes_is_silent():
+  stream = io.StringIO()
+  bar = progress.Progress('test', total=3, images_per_step=16, stream=stream,
+                          report_every_secs=0, enabled=False)
+  bar.update()
+  bar.close()
+  assert not stream.getvalue()

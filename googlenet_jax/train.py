@@ -145,6 +145,13 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
       decay_steps=config.num_epochs * steps_per_epoch)
 
 
+def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     step: int) -> float:
+  """The learning rate that the optimizer used at `step`."""
+  rate = create_learning_rate_fn(config, steps_per_epoch)
+  return float(rate(step)) if callable(rate) else rate
+
+
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int = 1) -> optax.GradientTransformation:
   """SGD with optional (Nesterov) momentum and weight decay on the kernels.
@@ -375,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  'train_accuracy': train['correct'] / train['count'],
                  'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
                  'train_images_per_sec': images_per_sec,
-                 'learning_rate': config.learning_rate}
+                 'learning_rate': learning_rate_at(config, steps_per_epoch, step)}
       logging.info('step %d, epoch %d: train loss %.4f, test loss %.4f, test '
                    'accuracy %.4f, %.1f images/s', step, epoch + 1,
                    scalars['train_loss'], test['loss'], test['accuracy'],

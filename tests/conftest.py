@@ -49,11 +49,18 @@ def config_flags(config) -> list[str]:
           if value is not None and not isinstance(value, (dict, list, tuple))]
 
 
-def run_main(workdir, config, *args, num_devices=8):
-  """Runs main.py in a fresh process that sees `num_devices` CPU devices."""
+def start_main(workdir, config, *args, num_devices=8) -> subprocess.Popen:
+  """Starts main.py with `config` in a fresh process that sees `num_devices` CPUs."""
   env = dict(os.environ,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
-  return subprocess.run(
+  return subprocess.Popen(
       [sys.executable, 'main.py', '--config=configs/fmnist96.py',
        f'--workdir={workdir}', *config_flags(config), *args],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_main(workdir, config, *args, num_devices=8) -> subprocess.CompletedProcess:
+  """Runs main.py to the end; see start_main."""
+  process = start_main(workdir, config, *args, num_devices=num_devices)
+  stdout, stderr = process.communicate(timeout=300)
+  return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, config_flags, run_main
+from conftest import REPO, run_main, start_main
 from googlenet_jax import checkpoint
 from googlenet_jax import train
 
@@ -41,24 +41,17 @@ def finished_steps(workdir) -> list[int]:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def start_main(workdir, config, *args, num_devices=8):
-  env = dict(os.environ,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
-  return subprocess.Popen(
-      [sys.executable, 'main.py', '--config=configs/fmnist96.py',
-       f'--workdir={workdir}', *config_flags(config), *args],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def signal_after_checkpoint(process, workdir, step, sig, timeout=240):
-  """Sends `sig` to `process` as soon as the checkpoint of `step` exists."""
+def signal_after_checkpoint(process, workdir, step, *signals, timeout=240):
+  """Sends `signals`, 50 ms apart, to `process` once the checkpoint of `step` exists."""
   deadline = time.monotonic() + timeout
   while not any(s >= step for s in finished_steps(workdir)):
     assert process.poll() is None, process.communicate()[1][-3000:]
     assert time.monotonic() < deadline, 'no checkpoint in time'
     time.sleep(0.02)
   assert process.poll() is None, 'the run ended before it could be interrupted'
-  process.send_signal(sig)
+  for sig in signals:
+    process.send_signal(sig)
+    time.sleep(0.05)
   _, stderr = process.communicate(timeout=timeout)
   return process.returncode, stderr
 
@@ -94,7 +87,9 @@ def test_runs_killed_twice_resume_bit_exactly(long_config, uninterrupted, tmp_pa
 def test_sigterm_saves_the_current_step_and_resumes_bit_exactly(
     long_config, uninterrupted, tmp_path):
   process = start_main(tmp_path, long_config)  # Checkpoints only at epoch ends.
-  returncode, stderr = signal_after_checkpoint(process, tmp_path, 3, signal.SIGTERM)
+  # The second and third signals arrive while the first one's checkpoint is saved.
+  returncode, stderr = signal_after_checkpoint(
+      process, tmp_path, 3, signal.SIGTERM, signal.SIGTERM, signal.SIGINT)
   assert returncode == 0, stderr[-3000:]
   assert 'Stopped at step' in stderr
   stopped_at = finished_steps(tmp_path)[-1]

@@ -369,6 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if stopping or (is_checkpoint_step(config, step) and step < epoch_end):
           save_checkpoint(manager, state, config, sum_metrics(train_metrics)['loss'])
         if stopping:
+          bar.close()
           manager.wait_until_finished()
           logging.warning('Stopped at step %d with a checkpoint; run the same '
                           'command again to resume.', step)

@@ -104,39 +104,20 @@ def test_idx_shorter_than_its_header_raises_data_error(tmp_path):
                               verify_checksums=False)
 
 
-def test_wrong_magic_number_raises_data_error(tmp_path):
+@pytest.mark.parametrize('file_name, array, expected', [
+    # A 2-D labels file: a valid IDX, but not a labels file.
+    ('train-labels-idx1-ubyte.gz', np.zeros((NUM_TRAIN, 1), np.uint8),
+     'magic number'),
+    ('train-images-idx3-ubyte.gz', np.zeros((NUM_TRAIN, 32, 32), np.uint8),
+     '32x32 images'),
+    ('t10k-labels-idx1-ubyte.gz', np.zeros(NUM_TEST - 1, np.uint8),
+     '23 images but'),
+    ('t10k-labels-idx1-ubyte.gz', np.full(NUM_TEST, 10, np.uint8), 'label 10'),
+], ids=['wrong_magic_number', '32x32_images', 'counts_disagree', 'label_10'])
+def test_malformed_idx_file_raises_data_error(tmp_path, file_name, array, expected):
   write_dataset(tmp_path)
-  # A 2-D labels file: a valid IDX, but not a labels file.
-  write_idx(tmp_path / 'train-labels-idx1-ubyte.gz',
-            np.zeros((NUM_TRAIN, 1), np.uint8))
-  with pytest.raises(fashion_mnist.DataError, match='magic number'):
-    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
-                              verify_checksums=False)
-
-
-def test_32x32_images_raise_data_error(tmp_path):
-  write_dataset(tmp_path)
-  write_idx(tmp_path / 'train-images-idx3-ubyte.gz',
-            np.zeros((NUM_TRAIN, 32, 32), np.uint8))
-  with pytest.raises(fashion_mnist.DataError, match='32x32 images'):
-    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
-                              verify_checksums=False)
-
-
-def test_image_and_label_counts_must_agree(tmp_path):
-  write_dataset(tmp_path)
-  write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz',
-            np.zeros(NUM_TEST - 1, np.uint8))
-  with pytest.raises(fashion_mnist.DataError, match='23 images but'):
-    fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
-                              verify_checksums=False)
-
-
-def test_labels_outside_the_10_classes_raise_data_error(tmp_path):
-  write_dataset(tmp_path)
-  write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz',
-            np.full(NUM_TEST, 10, np.uint8))
-  with pytest.raises(fashion_mnist.DataError, match='label 10'):
+  write_idx(tmp_path / file_name, array)
+  with pytest.raises(fashion_mnist.DataError, match=expected):
     fashion_mnist.get_builder(tmp_path / 'tfds', str(tmp_path),
                               verify_checksums=False)
 

@@ -124,22 +124,42 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_2_processes_of_4_devices_train_like_1_process_of_8(long_config, tmp_path):
-  short = long_config.copy_and_resolve_references()
-  short.num_train_steps = 2
+def start_two_hosts(workdir, config, *args):
+  """Two main.py processes of 4 CPU devices each, joined through gloo on localhost."""
   address = f'localhost:{free_port()}'
+  return [start_main(workdir, config, f'--coordinator_address={address}',
+                     '--num_processes=2', f'--process_id={i}', *args, num_devices=4)
+          for i in range(2)]
+
+
+def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
+                                                                     tmp_path):
+  short = long_config.copy_and_resolve_references()
+  short.num_train_steps = 6
   workdir = tmp_path / 'two_hosts'
-  processes = [start_main(workdir, short, f'--coordinator_address={address}',
-                          '--num_processes=2', f'--process_id={i}', num_devices=4)
-               for i in range(2)]
+  # Preempted: SIGTERM to both hosts; JAX's sync point makes them stop together.
+  processes = start_two_hosts(workdir, short, '--config.checkpoint_every_steps=1')
+  while 1 not in finished_steps(workdir):
+    assert all(process.poll() is None for process in processes), 'a host ended early'
+    time.sleep(0.02)
   for process in processes:
+    process.send_signal(signal.SIGTERM)
+  stderrs = [process.communicate(timeout=300)[1] for process in processes]
+  for process, stderr in zip(processes, stderrs):
+    assert process.returncode == 0, stderr[-3000:]
+  stopped_at = finished_steps(workdir)[-1]
+  assert stopped_at < 6
+  for stderr in stderrs:
+    assert f'Stopped at step {stopped_at} ' in stderr
+  # Resumed on two hosts, it ends like one host with all 8 devices.
+  for process in start_two_hosts(workdir, short):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
   one_host = tmp_path / 'one_host'
   assert run_main(one_host, short).returncode == 0
   two = final_state(short, workdir)
   one = final_state(short, one_host)
-  assert int(two.step) == int(one.step) == 2
+  assert int(two.step) == int(one.step) == 6
   chex.assert_trees_all_close(two.params, one.params, atol=1e-5, rtol=1e-4)
   # The 2-process checkpoint evaluates in one process with one device.
   result = run_main(workdir, short, '--mode=eval', num_devices=1)

@@ -257,16 +257,23 @@ def replicate(tree, devices: Sequence[jax.Device] | None = None):
   return jax.tree.map(put, jax.device_get(tree))
 
 
-def sum_metrics(batches_metrics: Iterable[Metrics]) -> dict[str, Any]:
-  """Adds per-batch metric sums on the device and fetches the total once.
+def add_metrics(total: Metrics | None, metrics: Metrics) -> Metrics:
+  """A running sum of per-batch metric sums, kept on the device."""
+  return metrics if total is None else jax.tree.map(jnp.add, total, metrics)
 
-  Scalars come back as floats, arrays (the confusion matrix) as numpy arrays.
-  """
-  total = None
-  for metrics in batches_metrics:
-    total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+
+def fetch_metrics(total: Metrics) -> dict[str, Any]:
+  """The running sum on the host: scalars as floats, the confusion matrix as numpy."""
   total = jax.device_get(jax_utils.unreplicate(total))
   return {k: float(v) if np.ndim(v) == 0 else v for k, v in total.items()}
+
+
+def sum_metrics(batches_metrics: Iterable[Metrics]) -> dict[str, Any]:
+  """Adds per-batch metric sums on the device and fetches the total once."""
+  total = None
+  for metrics in batches_metrics:
+    total = add_metrics(total, metrics)
+  return fetch_metrics(total)
 
 
 def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
@@ -358,16 +365,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           process_count=jax.process_count(),
           num_local_devices=jax.local_device_count(), start_step=step_in_epoch)
       start_time = time.perf_counter()
-      train_metrics = []
+      train_total = None  # Summed as it goes: a checkpoint mid-epoch reads it.
       bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
       for batch in itertools.islice(batches, epoch_end - step):
         state, metrics = p_train_step(state, batch)
-        train_metrics.append(metrics)
+        train_total = add_metrics(train_total, metrics)
         bar.update(metrics)
         step += 1
         stopping = stop.requested(step)
         if stopping or (is_checkpoint_step(config, step) and step < epoch_end):
-          save_checkpoint(manager, state, config, sum_metrics(train_metrics)['loss'])
+          save_checkpoint(manager, state, config, fetch_metrics(train_total)['loss'])
         if stopping:
           bar.close()
           manager.wait_until_finished()
@@ -375,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                           'command again to resume.', step)
           return state
       bar.close()
-      train = sum_metrics(train_metrics)
+      train = fetch_metrics(train_total)
       images_per_sec = train['count'] / (time.perf_counter() - start_time)
       save_checkpoint(manager, state, config, train['loss'])
       test = evaluate(p_eval_step, state, sources['test'], config)

@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule = 'constant'  # 'constant' or 'cosine' (linear warmup, cosine to 0).
   config.warmup_epochs = 0.0  # Linear warmup length of the 'cosine' schedule.
   config.label_smoothing = 0.0  # Training targets smoothed towards uniform; 0 = none.
+  # On-device augmentation of the 28x28 training images, before resizing.
+  config.augment_crop_padding = 0  # Zero-pad by N pixels, then crop 28x28 at random.
+  config.augment_flip = False  # Mirror left-right with probability 1/2.
+  config.augment_erase_probability = 0.0  # Random erasing (Zhong et al.); 0 = none.
 
   config.checkpoint_every_steps = 0  # Also checkpoint every N steps; 0 = epoch ends only.
   config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted.

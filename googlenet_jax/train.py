@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from googlenet_jax import augment
 from googlenet_jax import checkpoint
 from googlenet_jax import eval_report
 from googlenet_jax import input_pipeline
@@ -71,6 +72,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.label_smoothing < 1:
     raise UserError('config.label_smoothing must be in [0, 1), got '
                     f'{config.label_smoothing}.')
+  if config.augment_crop_padding < 0:
+    raise UserError('config.augment_crop_padding must be 0 (no crop) or a number of '
+                    f'pixels, got {config.augment_crop_padding}.')
+  if not 0 <= config.augment_erase_probability <= 1:
+    raise UserError('config.augment_erase_probability must be in [0, 1], got '
+                    f'{config.augment_erase_probability}.')
   if config.schedule not in SCHEDULES:
     raise UserError(f'Unknown config.schedule {config.schedule!r}: choose one of '
                     f'{", ".join(SCHEDULES)}.')
@@ -94,11 +101,32 @@ def create_model(config: ml_collections.ConfigDict):
   return models.MODELS[config.model](num_classes=config.num_classes)
 
 
-def preprocess(images: jax.Array, image_size: int) -> jax.Array:
-  """uint8 (N, 28, 28, 1) -> float32 (N, S, S, 1) in [0, 1], resized bilinearly."""
-  images = images.astype(jnp.float32) / 255.0
+def to_unit_interval(images: jax.Array) -> jax.Array:
+  """uint8 images -> float32 in [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def resize(images: jax.Array, image_size: int) -> jax.Array:
+  """(N, H, W, C) -> (N, S, S, C), bilinearly."""
   n, _, _, channels = images.shape
   return jax.image.resize(images, (n, image_size, image_size, channels), 'bilinear')
+
+
+def preprocess(images: jax.Array, image_size: int) -> jax.Array:
+  """uint8 (N, 28, 28, 1) -> float32 (N, S, S, 1) in [0, 1], resized bilinearly."""
+  return resize(to_unit_interval(images), image_size)
+
+
+def augmented_preprocess(images: jax.Array, image_size: int,
+                         augmentation: augment.Augmentation, seed: int,
+                         step: jax.Array) -> jax.Array:
+  """`preprocess` with `augmentation` applied at 28x28, keyed by (seed, step, example)."""
+  images = to_unit_interval(images)
+  if augmentation.enabled:
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    first_index = jax.lax.axis_index(AXIS) * images.shape[0]
+    images = augment.augment_batch(augmentation, key, images, first_index)
+  return resize(images, image_size)
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -142,7 +170,7 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate,
       warmup_steps=int(config.warmup_epochs * steps_per_epoch),
-      decay_steps=config.num_epochs * steps_per_epoch)
+      decay_steps=total_train_steps(config, steps_per_epoch))
 
 
 def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -180,13 +208,17 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], image_size: int,
-               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics]:
+               label_smoothing: float = 0.0,
+               augmentation: augment.Augmentation = augment.Augmentation(),
+               seed: int = 0) -> tuple[TrainState, Metrics]:
   """One SGD step on this device's shard; gradients are averaged over devices.
 
-  The loss is smoothed by `label_smoothing`; the metrics' loss is plain
-  cross-entropy, comparable with the test loss.
+  The images are augmented with keys from `seed` and the step. The loss is
+  smoothed by `label_smoothing`; the metrics' loss is plain cross-entropy,
+  comparable with the test loss.
   """
-  images = preprocess(batch['image'], image_size)
+  images = augmented_preprocess(batch['image'], image_size, augmentation, seed,
+                                state.step)
   labels = batch['label']
 
   def loss_fn(params):
@@ -236,7 +268,9 @@ def pmap_steps(config: ml_collections.ConfigDict) -> tuple[Callable, Callable]:
   """The train and eval steps, pmapped over all local devices."""
   p_train_step = jax.pmap(
       functools.partial(train_step, image_size=config.image_size,
-                        label_smoothing=config.label_smoothing),
+                        label_smoothing=config.label_smoothing,
+                        augmentation=augment.Augmentation.from_config(config),
+                        seed=config.seed),
       axis_name=AXIS, donate_argnums=(0,))
   p_eval_step = jax.pmap(
       functools.partial(eval_step, image_size=config.image_size), axis_name=AXIS)
@@ -299,6 +333,7 @@ def checkpoint_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """num_train_steps if set, else num_epochs of steps."""
   if config.num_train_steps > 0:
     return config.num_train_steps
   return config.num_epochs * steps_per_epoch

@@ -164,12 +164,15 @@ def compile_train_step(p_train_step, state, batch) -> dict[str, float]:
   """
   start = time.perf_counter()
   compiled = p_train_step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
+  return {'compile_s': time.perf_counter() - start, 'flops': global_flops(compiled)}
+
+
+def global_flops(compiled) -> float:
+  """XLA's FLOPs of a compiled pmapped step, over all local devices."""
   cost = compiled.cost_analysis()
   if isinstance(cost, list):  # Older jax returned one dict per program.
     cost = cost[0]
-  return {'compile_s': compile_s,
-          'flops': float(cost['flops']) * jax.local_device_count()}
+  return float(cost['flops']) * jax.local_device_count()
 
 
 def device_peak_memory() -> int | None:

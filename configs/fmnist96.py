@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = 'googlenet'  # Model name, see googlenet_jax/models/__init__.py.
   config.num_classes = 10  # Fashion-MNIST has 10 classes.
   config.image_size = 96  # Images are resized (bilinear, on the device) to this size.
+  config.conv_lowering = 'auto'  # Convs as matmuls: 'auto' (on a CPU), 'matmul', 'xla'.
 
   config.data_dir = ''  # tfds data_dir for the prepared dataset; '' = tfds's default.
   config.source_dir = '/usr/share/datasets/fashion-mnist'  # The four IDX .gz files.

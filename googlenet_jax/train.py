@@ -32,6 +32,7 @@ from googlenet_jax import models
 from googlenet_jax import plots
 from googlenet_jax import preemption
 from googlenet_jax import progress
+from googlenet_jax.models import conv_lowering
 from googlenet_jax.errors import UserError
 from googlenet_jax.metric_writers import MetricWriter
 
@@ -78,6 +79,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.augment_erase_probability <= 1:
     raise UserError('config.augment_erase_probability must be in [0, 1], got '
                     f'{config.augment_erase_probability}.')
+  if config.conv_lowering not in conv_lowering.FORMS:
+    raise UserError(f'Unknown config.conv_lowering {config.conv_lowering!r}: choose '
+                    f'one of {", ".join(conv_lowering.FORMS)}.')
   if config.schedule not in SCHEDULES:
     raise UserError(f'Unknown config.schedule {config.schedule!r}: choose one of '
                     f'{", ".join(SCHEDULES)}.')
@@ -97,7 +101,8 @@ def make_workdir(workdir: str) -> None:
 
 
 def create_model(config: ml_collections.ConfigDict):
-  """The model named by `config.model`."""
+  """The model named by `config.model`, its convolutions in `config.conv_lowering`'s form."""
+  conv_lowering.set_form(config.conv_lowering)
   return models.MODELS[config.model](num_classes=config.num_classes)
 
 

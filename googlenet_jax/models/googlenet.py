@@ -15,14 +15,18 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from googlenet_jax.models import conv_lowering
+
 
 def pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   """Symmetric padding of `size` on both spatial axes, as PyTorch's `padding=size`."""
   return ((size, size), (size, size))
 
 
-# Xavier-uniform kernels and zero biases, as the chapter's `init_cnn`.
-Conv = functools.partial(nn.Conv, kernel_init=nn.initializers.xavier_uniform())
+# Xavier-uniform kernels and zero biases, as the chapter's `init_cnn`; computed as
+# matmuls on a CPU (see conv_lowering), with the same parameters.
+Conv = functools.partial(nn.Conv, kernel_init=nn.initializers.xavier_uniform(),
+                         conv_general_dilated=conv_lowering.conv_general_dilated)
 Dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform())
 # Running averages are updated with momentum 0.9 (PyTorch's 0.1); axis_name makes
 # the batch statistics those of the global batch inside the pmapped train step.

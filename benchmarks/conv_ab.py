@@ -1,0 +1,59 @@
+"""Experiment: the train step with lax.conv and with convolutions as matmuls, taking turns.
+
+  python -m benchmarks.conv_ab --config=configs/fmnist96.py --batch_size=128 \
+      --warmup=2 --steps=5
+
+Both forms of `config.conv_lowering` ('xla' and 'matmul') are compiled in one
+process and alternate step by step, so a busy machine slows both alike. FLOP/s
+use XLA's count for the 'xla' form for both: the matmul form multiplies the
+zero padding too, which XLA's count of it includes. Takes benchmark.py's flags.
+"""
+
+import time
+
+from absl import app
+import jax
+
+from benchmarks import benchmark
+from googlenet_jax import train
+from googlenet_jax.models import conv_lowering
+
+FLAGS = benchmark.FLAGS
+FORMS = ('xla', 'matmul')
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  if FLAGS.batch_size:
+    config.batch_size = FLAGS.batch_size
+  state = train.create_train_state(jax.random.key(config.seed), config,
+                                   train.create_model(config))
+  batch = benchmark.synthetic_batch(config.batch_size)
+  steps, states, flops = {}, {}, {}
+  for form in FORMS:
+    conv_lowering.set_form(form)  # Read while the step is traced, below.
+    states[form] = train.replicate(state)
+    p_train_step, _ = train.pmap_steps(config)
+    steps[form] = p_train_step.lower(states[form], batch).compile()
+    flops[form] = benchmark.global_flops(steps[form])
+  durations = {form: [] for form in FORMS}
+  for i in range(FLAGS.warmup + FLAGS.steps):
+    for form in FORMS:
+      start = time.perf_counter()
+      states[form], metrics = steps[form](states[form], batch)
+      jax.block_until_ready(metrics)
+      if i >= FLAGS.warmup:
+        durations[form].append(time.perf_counter() - start)
+  rates = {f: benchmark.throughput(durations[f], config.batch_size) for f in FORMS}
+  for form in FORMS:
+    gflops = flops['xla'] * rates[form]['median'] / config.batch_size / 1e9
+    print(f'{form:<7} train images/s {benchmark.format_rate(rates[form])}, '
+          f'{gflops:.1f} GFLOP/s (XLA count: {flops[form] / 1e9:.1f} GFLOP/step)')
+  size = config.image_size
+  print(f'matmul / xla: {rates["matmul"]["median"] / rates["xla"]["median"]:.2f} '
+        f'(batch {config.batch_size}, {size}x{size}, {jax.devices()[0].device_kind})')
+
+
+if __name__ == '__main__':
+  app.run(main)

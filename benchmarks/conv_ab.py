@@ -5,8 +5,8 @@
 
 Both forms of `config.conv_lowering` ('xla' and 'matmul') are compiled in one
 process and alternate step by step, so a busy machine slows both alike. FLOP/s
-use XLA's count for the 'xla' form for both: the matmul form multiplies the
-zero padding too, which XLA's count of it includes. Takes benchmark.py's flags.
+use one count for both, XLA's of the convolutions as convolutions (see
+benchmark.train_step_flops). Takes benchmark.py's flags.
 """
 
 import time
@@ -30,13 +30,13 @@ def main(argv):
   state = train.create_train_state(jax.random.key(config.seed), config,
                                    train.create_model(config))
   batch = benchmark.synthetic_batch(config.batch_size)
-  steps, states, flops = {}, {}, {}
+  steps, states = {}, {}
   for form in FORMS:
-    conv_lowering.set_form(form)  # Read while the step is traced, below.
     states[form] = train.replicate(state)
-    p_train_step, _ = train.pmap_steps(config)
-    steps[form] = p_train_step.lower(states[form], batch).compile()
-    flops[form] = benchmark.global_flops(steps[form])
+    with conv_lowering.using(form):  # Read while the step is traced.
+      p_train_step, _ = train.pmap_steps(config)
+      steps[form] = p_train_step.lower(states[form], batch).compile()
+  flops = benchmark.train_step_flops(config, states['xla'], batch)
   durations = {form: [] for form in FORMS}
   for i in range(FLAGS.warmup + FLAGS.steps):
     for form in FORMS:
@@ -47,9 +47,9 @@ def main(argv):
         durations[form].append(time.perf_counter() - start)
   rates = {f: benchmark.throughput(durations[f], config.batch_size) for f in FORMS}
   for form in FORMS:
-    gflops = flops['xla'] * rates[form]['median'] / config.batch_size / 1e9
+    gflops = flops * rates[form]['median'] / config.batch_size / 1e9
     print(f'{form:<7} train images/s {benchmark.format_rate(rates[form])}, '
-          f'{gflops:.1f} GFLOP/s (XLA count: {flops[form] / 1e9:.1f} GFLOP/step)')
+          f'{gflops:.1f} GFLOP/s')
   size = config.image_size
   print(f'matmul / xla: {rates["matmul"]["median"] / rates["xla"]["median"]:.2f} '
         f'(batch {config.batch_size}, {size}x{size}, {jax.devices()[0].device_kind})')

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from googlenet_jax import train
+from googlenet_jax.models import conv_lowering
 
 
 class BlockStats(NamedTuple):
@@ -26,8 +27,14 @@ def count_params(tree) -> int:
 
 
 def xla_flops(fn, *args) -> float:
-  """FLOPs of `fn(*args)` according to XLA's cost analysis of the compiled function."""
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  """FLOPs of `fn(*args)` according to XLA's cost analysis of the compiled function.
+
+  Convolutions are counted as convolutions, which skips the multiply-adds on
+  padding, whatever form `config.conv_lowering` gives them in training.
+  """
+  with conv_lowering.using('xla'):
+    # A new function, so that jax traces it afresh in this form.
+    cost = jax.jit(lambda *a: fn(*a)).lower(*args).compile().cost_analysis()
   return float(cost.get('flops', 0.0))
 
 

@@ -4,9 +4,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from googlenet_jax import summary
-from googlenet_jax.models import GoogLeNet, Inception
+from googlenet_jax.models import GoogLeNet, Inception, conv_lowering
 
 
 def init_and_capture(model, images):
@@ -94,3 +95,51 @@ def test_summary_counts_the_chapters_parameters_and_multiply_adds():
   # XLA counts multiply-adds at valid (unpadded) positions only, so it lands a
   # little below the chapter's padded count of ~277M at 96.
   assert 0.8 * 277e6 < total_macs < 1.02 * 277e6
+
+
+CONV_CASES = [  # (kernel, stride, padding): the shapes the models use.
+    (1, 1, 0), (3, 1, 1), (5, 1, 2), (7, 2, 3), (3, 2, 0), (11, 4, 1), (3, 1, 0)]
+
+
+@pytest.mark.parametrize('kernel, stride, padding', CONV_CASES)
+def test_conv_as_matmul_gives_lax_conv_and_its_gradients(kernel, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 13, 13, 3))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+  pads = ((padding, padding), (padding, padding))
+  def lax_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                        dimension_numbers=conv_lowering.NHWC_HWIO,
+                                        precision='highest')
+  def matmul(x, w):
+    return conv_lowering.conv_as_matmul(x, w, (stride, stride), pads, 'highest')
+  chex.assert_trees_all_close(matmul(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
+  grads = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))(x, w)
+  chex.assert_trees_all_close(grads(matmul), grads(lax_conv), rtol=1e-4, atol=1e-4)
+
+
+def test_googlenet_gives_the_same_logits_in_both_conv_forms():
+  images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 1))
+  model = GoogLeNet()
+  variables = model.init(jax.random.key(0), images)
+  logits = {}
+  for form in ('xla', 'matmul'):
+    with conv_lowering.using(form):  # A new function: traced in this form.
+      logits[form] = jax.jit(lambda v, x: model.apply(v, x))(variables, images)
+  chex.assert_trees_all_close(logits['matmul'], logits['xla'], rtol=1e-4, atol=1e-5)
+
+
+def test_flops_count_convolutions_not_their_padded_matmuls():
+  x = jnp.ones((1, 4, 4, 1))
+  w = jnp.ones((3, 3, 1, 1))
+  conv = lambda x, w: conv_lowering.conv_general_dilated(
+      x, w, (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape,
+                                                       conv_lowering.NHWC_HWIO))
+  with conv_lowering.using('matmul'):
+    counted = summary.xla_flops(conv, x, w)
+    matmul_flops = jax.jit(lambda x, w: conv(x, w)).lower(x, w).compile(
+        ).cost_analysis()['flops']
+  # 3x3 windows over a 4x4 image padded by 1: 100 of the 144 products fall
+  # inside; as a matmul over the padded windows all 144 are multiplied.
+  assert counted == 2 * 100
+  assert matmul_flops >= 2 * 144

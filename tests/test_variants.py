@@ -98,7 +98,7 @@ def test_min_image_size_is_the_smallest_that_runs(name):
   assert not summary.every_layer_has_pixels(model, size - 1)
 
 
-def test_check_config_rejects_too_small_images_and_unknown_models(config):
+def test_check_config_rejects_too_small_images_and_unknown_names(config):
   small = config.copy_and_resolve_references()
   small.model, small.image_size = 'inception_v3', 42
   with pytest.raises(UserError, match='smallest working image size is 43'):
@@ -108,6 +108,10 @@ def test_check_config_rejects_too_small_images_and_unknown_models(config):
   unknown = config.copy_and_resolve_references()
   unknown.model = 'lenet'
   with pytest.raises(UserError, match="Unknown model 'lenet'"):
+    train.check_config(unknown)
+  unknown = config.copy_and_resolve_references()
+  unknown.conv_lowering = 'winograd'
+  with pytest.raises(UserError, match="Unknown config.conv_lowering 'winograd'"):
     train.check_config(unknown)
 
 

@@ -7,11 +7,13 @@ and its gradients are matmuls too. `conv_general_dilated` is what every `Conv`
 of the models calls (flax's hook of the same name). `config.conv_lowering`
 picks the form: 'auto' (the default) takes the matmul form on a CPU and
 `lax.conv_general_dilated` elsewhere, where cuDNN and the TPU's convolution
-units are the fast path; 'matmul' and 'xla' force one. It is read when a step is
-traced. The parameters, and so the checkpoints, are the same either way.
+units are the fast path; 'matmul' and 'xla' force one. It is read when jax
+traces a function: one traced before a change keeps its form. The parameters,
+and so the checkpoints, are the same either way.
 """
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import jax
 from jax import lax
@@ -28,6 +30,17 @@ def set_form(form: str) -> None:
   if form not in FORMS:
     raise ValueError(f'Unknown convolution form {form!r}: choose one of {FORMS}.')
   _form = form
+
+
+@contextlib.contextmanager
+def using(form: str) -> Iterator[None]:
+  """Convolutions traced inside the `with` block take `form`."""
+  previous = _form
+  set_form(form)
+  try:
+    yield
+  finally:
+    set_form(previous)
 
 
 def wants_matmul_form() -> bool:

@@ -63,7 +63,7 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   return jnp.matmul(patches, kernel.reshape(kh * kw * c_in, c_out), precision=precision)
 
 
-def takes_matmul_form(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+def takes_matmul_form(lhs, rhs, padding, lhs_dilation, rhs_dilation,
                       dimension_numbers, feature_group_count) -> bool:
   """Whether this is a plain NHWC convolution, to be computed by `conv_as_matmul`."""
   plain = (not isinstance(padding, str)
@@ -78,9 +78,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, precision=None, **kwargs) -> jax.Array:
   """`lax.conv_general_dilated`, computed by `conv_as_matmul` where that is wanted."""
-  if not kwargs and takes_matmul_form(lhs, rhs, window_strides, padding, lhs_dilation,
-                                      rhs_dilation, dimension_numbers,
-                                      feature_group_count):
+  if not kwargs and takes_matmul_form(lhs, rhs, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers, feature_group_count):
     return conv_as_matmul(lhs, rhs, window_strides, padding, precision)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,

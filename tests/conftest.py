@@ -15,8 +15,12 @@ import jax
 import pytest
 
 from fake_data import write_dataset
+from googlenet_jax.models import conv_lowering
 
 chex.set_n_cpu_devices(8)
+# Tests run lax.conv, the form of GPUs and TPUs (and of `config` below), unless
+# they choose the CPU's matmul form with conv_lowering.using('matmul').
+conv_lowering.set_form('xla')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       tempfile.mkdtemp(prefix='googlenet_jax_test_cache_'))
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
@@ -40,6 +44,7 @@ def config(tmp_path_factory):
   config.eval_batch_size = 16
   config.num_epochs = 2
   config.learning_rate = 0.05
+  config.conv_lowering = 'xla'  # As set above, also in main.py subprocesses.
   return config
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from googlenet_jax import train
+from googlenet_jax.models import conv_lowering
 from conftest import IMAGE_SIZE, run_main
 from fake_data import NUM_TEST, NUM_TRAIN
 
@@ -37,17 +38,19 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(config):
   assert losses[-1] < losses[0] - 0.02, losses
 
 
-def test_8_devices_give_the_1_device_step_on_the_same_global_batch(config):
+@pytest.mark.parametrize('conv_form', ['xla', 'matmul'])
+def test_8_devices_give_the_1_device_step_on_the_same_global_batch(config, conv_form):
   step = functools.partial(train.train_step, image_size=IMAGE_SIZE)
   state = initial_state(config)
   batch8 = fixed_batch(8, 2)
   batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), batch8)
 
   one = jax.devices()[:1]
-  state1, metrics1 = jax.pmap(step, axis_name=train.AXIS, devices=one)(
-      train.replicate(state, one), batch1)
-  state8, metrics8 = jax.pmap(step, axis_name=train.AXIS)(
-      train.replicate(state), batch8)
+  with conv_lowering.using(conv_form):  # The new pmaps below trace in this form.
+    state1, metrics1 = jax.pmap(step, axis_name=train.AXIS, devices=one)(
+        train.replicate(state, one), batch1)
+    state8, metrics8 = jax.pmap(step, axis_name=train.AXIS)(
+        train.replicate(state), batch8)
 
   # XLA's CPU gradients of one batch of 16 are off by ~0.8% (against float64)
   # where eight batches of 2 are exact to 1e-7, so the bound is loose; a missing

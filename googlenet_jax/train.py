@@ -172,10 +172,12 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
     # A float, not a schedule: the optimizer state then holds no step count,
     # as in checkpoints of the chapter's recipe.
     return config.learning_rate
+  warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+  # A run shorter than its warmup (a quick num_train_steps check) only warms up.
+  decay_steps = max(total_train_steps(config, steps_per_epoch), warmup_steps + 1)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate,
-      warmup_steps=int(config.warmup_epochs * steps_per_epoch),
-      decay_steps=total_train_steps(config, steps_per_epoch))
+      warmup_steps=warmup_steps, decay_steps=decay_steps)
 
 
 def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int,

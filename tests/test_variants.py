@@ -143,6 +143,8 @@ def test_cosine_schedule_warms_up_then_decays_and_decay_spares_biases(config):
   assert lr(30) == pytest.approx(0.0)
   best.num_train_steps = 20  # A run cut short decays to 0 at its own end.
   assert train.create_learning_rate_fn(best, steps_per_epoch=10)(20) == pytest.approx(0.0)
+  best.num_train_steps = 5  # Shorter than the warmup: it only warms up.
+  assert train.create_learning_rate_fn(best, steps_per_epoch=10)(5) == pytest.approx(0.1)
   tx = train.create_optimizer(best, steps_per_epoch=10)
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}
   zero_grads = jax.tree.map(jnp.zeros_like, params)

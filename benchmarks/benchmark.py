@@ -126,6 +126,32 @@ def timed_steps(step: Callable, state, feeds: dict[str, Iterator],
   return state, {name: throughput(d, batch_size) for name, d in durations.items()}
 
 
+def alternate_steps(steps: dict[str, Callable], states: dict, batch,
+                    batch_size: int) -> dict[str, dict[str, float]]:
+  """Warm-up, then timed steps of every variant (name -> step, state) in turn.
+
+  Taking turns step by step makes a busy machine slow every variant alike.
+  `states` is updated in place; returns {name: images/s stats}.
+  """
+  durations = {name: [] for name in steps}
+  for i in range(FLAGS.warmup + FLAGS.steps):
+    for name, step in steps.items():
+      start = time.perf_counter()
+      states[name], metrics = step(states[name], batch)
+      jax.block_until_ready(metrics)
+      if i >= FLAGS.warmup:
+        durations[name].append(time.perf_counter() - start)
+  return {name: throughput(d, batch_size) for name, d in durations.items()}
+
+
+def config_from_flags():
+  """--config with --batch_size applied."""
+  config = FLAGS.config
+  if FLAGS.batch_size:
+    config.batch_size = FLAGS.batch_size
+  return config
+
+
 def throughput(durations: list[float], batch_size: int) -> dict[str, float]:
   """Median, min and max images/s over per-step durations."""
   rates = [batch_size / d for d in durations]
@@ -284,9 +310,7 @@ def format_rate(stats: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  config = FLAGS.config
-  if FLAGS.batch_size:
-    config.batch_size = FLAGS.batch_size
+  config = config_from_flags()
   train.check_config(config)
   info = describe(config)
   results = measure(config)

@@ -9,8 +9,6 @@ use one count for both, XLA's of the convolutions as convolutions (see
 benchmark.train_step_flops). Takes benchmark.py's flags.
 """
 
-import time
-
 from absl import app
 import jax
 
@@ -18,15 +16,12 @@ from benchmarks import benchmark
 from googlenet_jax import train
 from googlenet_jax.models import conv_lowering
 
-FLAGS = benchmark.FLAGS
 FORMS = ('xla', 'matmul')
 
 
 def main(argv):
   del argv
-  config = FLAGS.config
-  if FLAGS.batch_size:
-    config.batch_size = FLAGS.batch_size
+  config = benchmark.config_from_flags()
   state = train.create_train_state(jax.random.key(config.seed), config,
                                    train.create_model(config))
   batch = benchmark.synthetic_batch(config.batch_size)
@@ -37,15 +32,7 @@ def main(argv):
       p_train_step, _ = train.pmap_steps(config)
       steps[form] = p_train_step.lower(states[form], batch).compile()
   flops = benchmark.train_step_flops(config, states['xla'], batch)
-  durations = {form: [] for form in FORMS}
-  for i in range(FLAGS.warmup + FLAGS.steps):
-    for form in FORMS:
-      start = time.perf_counter()
-      states[form], metrics = steps[form](states[form], batch)
-      jax.block_until_ready(metrics)
-      if i >= FLAGS.warmup:
-        durations[form].append(time.perf_counter() - start)
-  rates = {f: benchmark.throughput(durations[f], config.batch_size) for f in FORMS}
+  rates = benchmark.alternate_steps(steps, states, batch, config.batch_size)
   for form in FORMS:
     gflops = flops * rates[form]['median'] / config.batch_size / 1e9
     print(f'{form:<7} train images/s {benchmark.format_rate(rates[form])}, '

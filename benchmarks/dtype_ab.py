@@ -7,9 +7,6 @@ different loads; here the two dtypes alternate step by step, so each sees the
 same. Takes benchmark.py's flags (--config, --batch_size, --warmup, --steps).
 """
 
-import statistics
-import time
-
 from absl import app
 import jax
 import jax.numpy as jnp
@@ -17,30 +14,20 @@ import jax.numpy as jnp
 from benchmarks import benchmark
 from googlenet_jax import train
 
-FLAGS = benchmark.FLAGS
 DTYPES = ('float32', 'bfloat16')
 
 
 def main(argv):
   del argv
-  config = FLAGS.config
-  if FLAGS.batch_size:
-    config.batch_size = FLAGS.batch_size
+  config = benchmark.config_from_flags()
   state = train.create_train_state(jax.random.key(config.seed), config,
                                    train.create_model(config))
   states = {d: train.replicate(benchmark.with_compute_dtype(state, jnp.dtype(d)))
             for d in DTYPES}
   p_train_step, _ = train.pmap_steps(config)
-  batch = benchmark.synthetic_batch(config.batch_size)
-  durations = {d: [] for d in DTYPES}
-  for i in range(FLAGS.warmup + FLAGS.steps):
-    for d in DTYPES:
-      start = time.perf_counter()
-      states[d], metrics = p_train_step(states[d], batch)
-      jax.block_until_ready(metrics)
-      if i >= FLAGS.warmup:
-        durations[d].append(time.perf_counter() - start)
-  rates = {d: benchmark.throughput(durations[d], config.batch_size) for d in DTYPES}
+  rates = benchmark.alternate_steps(dict.fromkeys(DTYPES, p_train_step), states,
+                                    benchmark.synthetic_batch(config.batch_size),
+                                    config.batch_size)
   for d in DTYPES:
     print(f'{d:<9} train images/s {benchmark.format_rate(rates[d])}')
   ratio = rates['bfloat16']['median'] / rates['float32']['median']

@@ -15,7 +15,9 @@ import jax
 from ml_collections import config_flags
 
 from googlenet_jax import compare
+from googlenet_jax import compilation_cache
 from googlenet_jax import distributed
+from googlenet_jax import evaluate
 from googlenet_jax import predict
 from googlenet_jax import summary
 from googlenet_jax import train
@@ -41,7 +43,7 @@ flags.mark_flags_as_required(['config'])
 
 MODES = {
     'train': train.train_and_evaluate,
-    'eval': train.evaluate_checkpoint,
+    'eval': evaluate.evaluate_checkpoint,
     'predict': predict.predict_checkpoint,
     'summary': lambda config, workdir: print(summary.summary_table(config)),
     'compare': lambda config, workdir: print(compare.comparison_table(config)),
@@ -80,6 +82,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(keep_only_orbax_warnings)
   try:
     config = FLAGS.config
+    compilation_cache.enable(config.compilation_cache_dir)
     if FLAGS.distributed or FLAGS.coordinator_address:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                              FLAGS.process_id)

@@ -18,6 +18,12 @@ def checkpoint_dir(config, workdir: str) -> str:
   return os.path.abspath(config.checkpoint_dir or os.path.join(workdir, 'checkpoints'))
 
 
+def meta(config) -> dict[str, Any]:
+  """What a checkpoint must match to be restored: the model and its input."""
+  return {'model': config.model, 'num_classes': config.num_classes,
+          'image_size': config.image_size}
+
+
 def create_manager(directory: str, max_to_keep: int = 3,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """A manager that keeps the last `max_to_keep` steps in `directory`."""

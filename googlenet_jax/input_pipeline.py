@@ -18,6 +18,7 @@ import numpy as np
 
 from googlenet_jax import errors
 from googlenet_jax.data import fashion_mnist
+from googlenet_jax.validation import check_batch_size
 
 CLASS_NAMES = fashion_mnist.CLASS_NAMES
 
@@ -132,24 +133,6 @@ def eval_batches(source, *, global_batch_size: int, process_index: int,
     batch = _read_batch(source, np.where(mask, indices, 0), num_local_devices)
     batch['mask'] = mask.reshape(num_local_devices, -1)
     yield batch
-
-
-def check_batch_size(batch_size: int, num_devices: int,
-                     field: str = 'batch_size') -> None:
-  """Raises UserError unless `batch_size` splits evenly over the devices.
-
-  Args:
-    batch_size: the global batch size.
-    num_devices: the devices over all processes.
-    field: the config field the user should change.
-  """
-  if batch_size <= 0:
-    raise errors.UserError(f'{field} {batch_size} must be positive')
-  if batch_size % num_devices:
-    suggestion = -(-batch_size // num_devices) * num_devices
-    raise errors.UserError(
-        f'{field} {batch_size} is not divisible by the {num_devices} devices: '
-        f'use a multiple of {num_devices} (e.g. --config.{field}={suggestion})')
 
 
 def _read_batch(source, indices: np.ndarray,

@@ -7,9 +7,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
 from googlenet_jax import plots
-from googlenet_jax import train
+from googlenet_jax import steps
 
 
 def predict(state, source, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -21,7 +22,7 @@ def predict(state, source, config: ml_collections.ConfigDict) -> dict[str, np.nd
   Returns:
     {'image': uint8 [N, 28, 28, 1], 'label': [N], 'prediction': [N]}.
   """
-  predict_logits = jax.jit(functools.partial(train.eval_logits,
+  predict_logits = jax.jit(functools.partial(steps.eval_logits,
                                              image_size=config.image_size))
   state = jax.device_put(state)  # Once, not with every batch.
   found = {'image': [], 'label': [], 'prediction': []}
@@ -48,7 +49,7 @@ def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   Returns:
     The path of the PNG.
   """
-  state = train.restore_for_eval(config, workdir)
+  state = evaluate.restore_for_eval(config, workdir)
   source = input_pipeline.load_sources(config)['test']
   found = predict(state, source, config)
   path = os.path.join(workdir, 'predictions.png')

@@ -28,8 +28,9 @@ class Progress:
   """
 
   def __init__(self, description: str, total: int, images_per_step: int,
-               initial: int = 0, stream: TextIO | None = None,
-               report_every_secs: float = 30.0, enabled: bool | None = None):
+               initial: int = 0, steps_after: int = 0,
+               stream: TextIO | None = None, report_every_secs: float = 30.0,
+               enabled: bool | None = None):
     """Starts the clock.
 
     Args:
@@ -37,6 +38,8 @@ class Progress:
       total: the step the loop ends at.
       images_per_step: the global batch size, for images/s.
       initial: the step the loop starts at (a resumed epoch).
+      steps_after: steps of the same rate that follow this loop (the run's later
+        epochs), for the run's ETA.
       stream: where to print; stderr by default.
       report_every_secs: on a non-terminal stream, seconds between lines.
       enabled: whether to print; by default only on process 0.
@@ -45,6 +48,7 @@ class Progress:
     self._total = total
     self._images_per_step = images_per_step
     self._initial = self._step = initial
+    self._steps_after = steps_after
     self._stream = stream or sys.stderr
     self._report_every_secs = report_every_secs
     self._enabled = jax.process_index() == 0 if enabled is None else enabled
@@ -91,13 +95,26 @@ class Progress:
     postfix = f'{self._steps_per_sec() * self._images_per_step:.1f} images/s'
     if self._loss is not None:
       postfix += f', loss {self._loss:.4f}'
+    if self._bar is not None and self._steps_after:
+      postfix += f', run ETA {self._run_eta()}'
     return postfix
 
-  def _print_line(self) -> None:
+  def _seconds_for(self, steps: int) -> float:
     rate = self._steps_per_sec()
-    remaining = (self._total - self._step) / rate if rate else 0.0
-    timing = (f'ETA {tqdm.format_interval(remaining)}' if self._step < self._total
-              else f'took {tqdm.format_interval(time.perf_counter() - self._created)}')
+    return steps / rate if rate else 0.0
+
+  def _run_eta(self) -> str:
+    """Time left for this loop and the steps after it, at the current rate."""
+    steps = self._total - self._step + self._steps_after
+    return tqdm.format_interval(self._seconds_for(steps))
+
+  def _print_line(self) -> None:
+    if self._step < self._total:
+      timing = f'ETA {tqdm.format_interval(self._seconds_for(self._total - self._step))}'
+    else:
+      timing = f'took {tqdm.format_interval(time.perf_counter() - self._created)}'
+    if self._steps_after:
+      timing += f', run ETA {self._run_eta()}'
     print(f'{self._description} step {self._step}/{self._total}: {self._postfix()}, '
           f'{timing}', file=self._stream, flush=True)
 
@@ -119,4 +136,5 @@ def epoch_progress(step: int, num_steps: int, steps_per_epoch: int,
   total = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)
   num_epochs = -(-num_steps // steps_per_epoch)
   return Progress(f'epoch {epoch + 1}/{num_epochs}', total, batch_size,
-                  initial=step_in_epoch)
+                  initial=step_in_epoch,
+                  steps_after=num_steps - epoch * steps_per_epoch - total)

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from googlenet_jax import train
-from googlenet_jax.models import conv_lowering
+from googlenet_jax import train_state
+from googlenet_jax import validation
 
 
 class BlockStats(NamedTuple):
@@ -29,12 +29,10 @@ def count_params(tree) -> int:
 def xla_flops(fn, *args) -> float:
   """FLOPs of `fn(*args)` according to XLA's cost analysis of the compiled function.
 
-  Convolutions are counted as convolutions, which skips the multiply-adds on
-  padding, whatever form `config.conv_lowering` gives them in training.
+  Give it models in the 'xla' convolution form: convolutions are then counted
+  as convolutions, which skips the multiply-adds on padding.
   """
-  with conv_lowering.using('xla'):
-    # A new function, so that jax traces it afresh in this form.
-    cost = jax.jit(lambda *a: fn(*a)).lower(*args).compile().cost_analysis()
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
   return float(cost.get('flops', 0.0))
 
 
@@ -98,8 +96,9 @@ def format_table(stats: list[BlockStats]) -> str:
 
 def summary_table(config: ml_collections.ConfigDict) -> str:
   """The summary of the configured model at `config.image_size`."""
-  train.check_config(config)
-  model = train.create_model(config)
+  validation.check_config(config)
+  # Convolutions as convolutions: FLOPs without the matmul form's padding.
+  model = train_state.create_model(config, conv_form='xla')
   return (f'{config.model} on one {config.image_size}x{config.image_size}x1 image '
           '(a multiply-add is 2 FLOPs):\n'
           + format_table(block_stats(model, config.image_size)))

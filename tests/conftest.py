@@ -1,7 +1,8 @@
 """Every test process sees 8 CPU devices, as a TPU host would.
 
-Compiled programs are cached on disk for the session, so the same GoogLeNet step
-compiles once even when several tests (and their subprocesses) build it.
+Compiled programs are cached on disk for the session (config.compilation_cache_dir),
+so the same GoogLeNet step compiles once even when several tests and their
+main.py subprocesses build it.
 """
 
 import os
@@ -11,20 +12,14 @@ import sys
 import tempfile
 
 import chex
-import jax
 import pytest
 
 from fake_data import write_dataset
-from googlenet_jax.models import conv_lowering
+from googlenet_jax import compilation_cache
 
 chex.set_n_cpu_devices(8)
-# Tests run lax.conv, the form of GPUs and TPUs (and of `config` below), unless
-# they choose the CPU's matmul form with conv_lowering.using('matmul').
-conv_lowering.set_form('xla')
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      tempfile.mkdtemp(prefix='googlenet_jax_test_cache_'))
-jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+COMPILATION_CACHE_DIR = tempfile.mkdtemp(prefix='googlenet_jax_test_cache_')
+compilation_cache.enable(COMPILATION_CACHE_DIR)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32  # The smallest size at which the chapter's network still works.
@@ -44,7 +39,9 @@ def config(tmp_path_factory):
   config.eval_batch_size = 16
   config.num_epochs = 2
   config.learning_rate = 0.05
-  config.conv_lowering = 'xla'  # As set above, also in main.py subprocesses.
+  # lax.conv, the form of GPUs and TPUs; tests of the CPU's matmul form choose it.
+  config.conv_lowering = 'xla'
+  config.compilation_cache_dir = COMPILATION_CACHE_DIR
   return config
 
 

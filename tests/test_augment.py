@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from googlenet_jax import augment
-from googlenet_jax import train
+from googlenet_jax import steps
+from googlenet_jax import train_state
+from googlenet_jax import validation
 from googlenet_jax.errors import UserError
 from conftest import IMAGE_SIZE
 
@@ -77,7 +79,7 @@ class Linear(nn.Module):
 
 @pytest.fixture(scope='module')
 def linear_state(config):
-  return train.create_train_state(jax.random.key(0), config, Linear())
+  return train_state.create_train_state(jax.random.key(0), config, Linear())
 
 
 def batch(num_devices, per_device):
@@ -88,13 +90,13 @@ def batch(num_devices, per_device):
 
 
 def step_params(state, global_batch, num_devices, augmentation):
-  step = functools.partial(train.train_step, image_size=IMAGE_SIZE,
+  step = functools.partial(steps.train_step, image_size=IMAGE_SIZE,
                            augmentation=augmentation, seed=0)
   devices = jax.devices()[:num_devices]
   sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[2:]),
                          global_batch)
-  new_state, _ = jax.pmap(step, axis_name=train.AXIS, devices=devices)(
-      train.replicate(state, devices), sharded)
+  new_state, _ = jax.pmap(step, axis_name=train_state.AXIS, devices=devices)(
+      train_state.replicate(state, devices), sharded)
   return jax.tree.map(lambda x: x[0], new_state.params)
 
 
@@ -110,8 +112,8 @@ def test_an_augmented_step_on_8_devices_equals_it_on_1(linear_state):
 def test_augmentation_changes_with_the_step_and_repeats_for_the_same_step():
   images = batch(1, 4)['image']
   preprocess = jax.pmap(
-      lambda x, step: train.augmented_preprocess(x, 28, ALL, 0, step),
-      axis_name=train.AXIS, in_axes=(0, None), devices=jax.devices()[:1])
+      lambda x, step: steps.augmented_preprocess(x, 28, ALL, 0, step),
+      axis_name=train_state.AXIS, in_axes=(0, None), devices=jax.devices()[:1])
   at = lambda step: preprocess(images, step)
   assert jnp.array_equal(at(3), at(3))
   assert not jnp.array_equal(at(3), at(4))
@@ -125,4 +127,4 @@ def test_check_config_rejects_bad_augmentation(config, field, value, message):
   bad = config.copy_and_resolve_references()
   bad[field] = value
   with pytest.raises(UserError, match=message):
-    train.check_config(bad)
+    validation.check_config(bad)

@@ -49,13 +49,13 @@ def test_googlenet_has_the_chapters_parameter_count():
 
 def test_kernels_are_xavier_uniform_and_biases_zero():
   variables = GoogLeNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
-  kernel = variables['params']['b2']['layers_2']['kernel']  # 3x3, 64 -> 192
+  kernel = variables['params']['b2']['layers_1']['Conv_0']['kernel']  # 3x3, 64 -> 192
   fan_in, fan_out = 3 * 3 * 64, 3 * 3 * 192
   limit = np.sqrt(6 / (fan_in + fan_out))
   assert float(jnp.abs(kernel).max()) <= limit
   assert float(jnp.abs(kernel).max()) > 0.95 * limit
   np.testing.assert_allclose(float(kernel.std()), limit / np.sqrt(3), rtol=0.02)
-  assert not jnp.any(variables['params']['b2']['layers_2']['bias'])
+  assert not jnp.any(variables['params']['b2']['layers_1']['Conv_0']['bias'])
 
 
 def symmetric_reference_b1(params, images):
@@ -79,7 +79,7 @@ def flax_same_b1(params, images):
 def test_strided_conv_and_pool_pad_symmetrically_not_like_same():
   images = jax.random.uniform(jax.random.key(2), (2, 96, 96, 1))
   variables, _, intermediates = init_and_capture(GoogLeNet(), images)
-  params = variables['params']['b1']['layers_0']
+  params = variables['params']['b1']['layers_0']['Conv_0']
   b1 = intermediates['b1']['__call__'][0]
   chex.assert_trees_all_close(b1, symmetric_reference_b1(params, images), atol=1e-5)
   same = flax_same_b1(params, images)
@@ -119,27 +119,35 @@ def test_conv_as_matmul_gives_lax_conv_and_its_gradients(kernel, stride, padding
 
 def test_googlenet_gives_the_same_logits_in_both_conv_forms():
   images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 1))
-  model = GoogLeNet()
-  variables = model.init(jax.random.key(0), images)
-  logits = {}
-  for form in ('xla', 'matmul'):
-    with conv_lowering.using(form):  # A new function: traced in this form.
-      logits[form] = jax.jit(lambda v, x: model.apply(v, x))(variables, images)
+  variables = GoogLeNet().init(jax.random.key(0), images)
+  logits = {form: GoogLeNet(conv=conv_lowering.conv_module(form)).apply(variables, images)
+            for form in ('xla', 'matmul')}
   chex.assert_trees_all_close(logits['matmul'], logits['xla'], rtol=1e-4, atol=1e-5)
 
 
-def test_flops_count_convolutions_not_their_padded_matmuls():
+def test_auto_form_is_matmuls_on_a_cpu_only():
+  assert conv_lowering.uses_matmuls('auto', backend='cpu')
+  assert not conv_lowering.uses_matmuls('auto', backend='gpu')
+  assert not conv_lowering.uses_matmuls('auto', backend='tpu')
+  assert conv_lowering.uses_matmuls('matmul', backend='gpu')
+  assert not conv_lowering.uses_matmuls('xla', backend='cpu')
+
+
+def test_flops_count_convolutions_not_their_padded_matmuls(config):
   x = jnp.ones((1, 4, 4, 1))
   w = jnp.ones((3, 3, 1, 1))
-  conv = lambda x, w: conv_lowering.conv_general_dilated(
-      x, w, (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape,
-                                                       conv_lowering.NHWC_HWIO))
-  with conv_lowering.using('matmul'):
-    counted = summary.xla_flops(conv, x, w)
-    matmul_flops = jax.jit(lambda x, w: conv(x, w)).lower(x, w).compile(
-        ).cost_analysis()['flops']
+  padding = ((1, 1), (1, 1))
+  lax_conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=conv_lowering.NHWC_HWIO)
+  matmul = lambda x, w: conv_lowering.conv_as_matmul(x, w, (1, 1), padding)
   # 3x3 windows over a 4x4 image padded by 1: 100 of the 144 products fall
   # inside; as a matmul over the padded windows all 144 are multiplied.
-  assert counted == 2 * 100
-  assert matmul_flops >= 2 * 144
+  assert summary.xla_flops(lax_conv, x, w) == 2 * 100
+  assert summary.xla_flops(matmul, x, w) >= 2 * 144
+  # So the summary counts the convolution form, whatever the config trains in.
+  tables = {}
+  for form in ('matmul', 'xla'):
+    form_config = config.copy_and_resolve_references()
+    form_config.conv_lowering = form
+    tables[form] = summary.summary_table(form_config)
+  assert tables['matmul'] == tables['xla']

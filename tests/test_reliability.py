@@ -18,19 +18,19 @@ import pytest
 
 from conftest import REPO, run_main, start_main
 from googlenet_jax import checkpoint
-from googlenet_jax import train
+from googlenet_jax import train_state
 
 NUM_EPOCHS = 4  # 12 steps of 16 examples: long enough to kill in the middle.
 
 
 def final_state(config, workdir):
   """The latest checkpoint in `workdir`, as host arrays."""
-  target = train.create_train_state(jax.random.key(0), config,
-                                    train.create_model(config))
+  target = train_state.create_train_state(jax.random.key(0), config,
+                                    train_state.create_model(config))
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
                                       read_only=True)
   return jax.device_get(checkpoint.restore(manager, target,
-                                           train.checkpoint_meta(config)))
+                                           checkpoint.meta(config)))
 
 
 def finished_steps(workdir) -> list[int]:
@@ -192,7 +192,7 @@ def error_line(result) -> str:
 
 @pytest.mark.parametrize('args, expected', [
     (['--config.no_such_field=1'], 'Unknown config field'),
-    (['--config.model=resnet'], 'Unknown model'),
+    (['--config.model=resnet'], 'Unknown config.model'),
     (['--config.num_epochs=0'], 'num_epochs must be positive'),
     (['--config.num_train_steps=0'], 'num_train_steps must be -1 or positive'),
     (['--config.batch_size=-16'], 'batch_size must be positive'),

@@ -14,6 +14,7 @@ from googlenet_jax import plots
 from googlenet_jax import predict
 from googlenet_jax import progress
 from googlenet_jax import train
+from googlenet_jax import evaluate
 from conftest import run_main
 from fake_data import NUM_TEST
 
@@ -23,7 +24,7 @@ def evaluated(config, tmp_path_factory):
   """A 2-epoch run on 8 devices, its checkpoint evaluated: the workdir and result."""
   workdir = str(tmp_path_factory.mktemp('report'))
   train.train_and_evaluate(config, workdir)
-  return workdir, train.evaluate_checkpoint(config, workdir)
+  return workdir, evaluate.evaluate_checkpoint(config, workdir)
 
 
 def png_shape(path):
@@ -109,7 +110,7 @@ def test_predict_can_show_only_mistakes(evaluated, config):
   mistakes = config.copy_and_resolve_references()
   mistakes.predictions_only_mistakes = True
   mistakes.num_predictions = 5
-  found = predict.predict(train.restore_for_eval(mistakes, workdir),
+  found = predict.predict(evaluate.restore_for_eval(mistakes, workdir),
                           input_pipeline.load_sources(mistakes)['test'], mistakes)
   assert len(found['label']) == 5
   assert np.all(found['label'] != found['prediction'])

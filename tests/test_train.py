@@ -9,10 +9,13 @@ import jax
 import numpy as np
 import pytest
 
+from googlenet_jax import evaluate
+from googlenet_jax import steps
 from googlenet_jax import train
-from googlenet_jax.models import conv_lowering
+from googlenet_jax import train_state
 from conftest import IMAGE_SIZE, run_main
 from fake_data import NUM_TEST, NUM_TRAIN
+
 
 def fixed_batch(num_devices, per_device):
   rng = np.random.default_rng(0)
@@ -22,13 +25,13 @@ def fixed_batch(num_devices, per_device):
 
 
 def initial_state(config):
-  return train.create_train_state(jax.random.key(0), config,
-                                  train.create_model(config))
+  return train_state.create_train_state(jax.random.key(0), config,
+                                        train_state.create_model(config))
 
 
 def test_train_steps_lower_the_loss_on_a_fixed_batch(config):
-  p_train_step, _ = train.pmap_steps(config)
-  state = train.replicate(initial_state(config))
+  p_train_step = steps.pmap_train_step(config)
+  state = train_state.replicate(initial_state(config))
   batch = fixed_batch(8, 2)
   losses = []
   for _ in range(6):
@@ -40,17 +43,18 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(config):
 
 @pytest.mark.parametrize('conv_form', ['xla', 'matmul'])
 def test_8_devices_give_the_1_device_step_on_the_same_global_batch(config, conv_form):
-  step = functools.partial(train.train_step, image_size=IMAGE_SIZE)
-  state = initial_state(config)
+  step = functools.partial(steps.train_step, image_size=IMAGE_SIZE)
+  form_config = config.copy_and_resolve_references()
+  form_config.conv_lowering = conv_form
+  state = initial_state(form_config)
   batch8 = fixed_batch(8, 2)
   batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), batch8)
 
   one = jax.devices()[:1]
-  with conv_lowering.using(conv_form):  # The new pmaps below trace in this form.
-    state1, metrics1 = jax.pmap(step, axis_name=train.AXIS, devices=one)(
-        train.replicate(state, one), batch1)
-    state8, metrics8 = jax.pmap(step, axis_name=train.AXIS)(
-        train.replicate(state), batch8)
+  state1, metrics1 = jax.pmap(step, axis_name=train_state.AXIS, devices=one)(
+      train_state.replicate(state, one), batch1)
+  state8, metrics8 = jax.pmap(step, axis_name=train_state.AXIS)(
+      train_state.replicate(state), batch8)
 
   # XLA's CPU gradients of one batch of 16 are off by ~0.8% (against float64)
   # where eight batches of 2 are exact to 1e-7, so the bound is loose; a missing
@@ -107,7 +111,7 @@ def test_num_train_steps_stops_mid_epoch_and_logs(config, tmp_path):
 
 def test_eval_on_1_device_restores_an_8_device_checkpoint(config, trained):
   workdir, _ = trained
-  on_8 = train.evaluate_checkpoint(config, workdir)
+  on_8 = evaluate.evaluate_checkpoint(config, workdir)
   result = run_main(workdir, config, '--mode=eval', num_devices=1)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, 'eval.json')) as f:
@@ -122,7 +126,7 @@ def test_eval_on_8_devices_restores_a_1_device_checkpoint(config, tmp_path):
   result = run_main(tmp_path, config, '--config.num_train_steps=1',
                     num_devices=1)
   assert result.returncode == 0, result.stderr[-3000:]
-  evaluated = train.evaluate_checkpoint(config, str(tmp_path))
+  evaluated = evaluate.evaluate_checkpoint(config, str(tmp_path))
   assert evaluated['step'] == 1
   assert evaluated['num_examples'] == NUM_TEST
 

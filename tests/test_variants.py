@@ -17,10 +17,12 @@ from googlenet_jax import checkpoint
 from googlenet_jax import compare
 from googlenet_jax import models
 from googlenet_jax import summary
-from googlenet_jax import train
+from googlenet_jax import steps
+from googlenet_jax import train_state
+from googlenet_jax import validation
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import classic
-from googlenet_jax.models.googlenet import Stage, conv_layers, global_average_pool
+from googlenet_jax.models.googlenet import ConvBlock, global_average_pool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +86,7 @@ def test_residual_block_is_the_input_plus_a_scaled_projection():
   x = jax.random.normal(jax.random.key(1), (1, 4, 4, 8))
   variables = block.init(jax.random.key(0), x)
   zeroed = jax.tree_util.tree_map_with_path(
-      lambda path, v: jnp.zeros_like(v) if path[0].key == 'Conv_0' else v,
+      lambda path, v: jnp.zeros_like(v) if path[0].key == 'ConvBlock_0' else v,
       variables['params'])
   # A zero projection leaves relu(x): the shortcut is the identity (8 -> 8).
   chex.assert_trees_all_close(block.apply({'params': zeroed}, x), nn.relu(x))
@@ -102,17 +104,17 @@ def test_check_config_rejects_too_small_images_and_unknown_names(config):
   small = config.copy_and_resolve_references()
   small.model, small.image_size = 'inception_v3', 42
   with pytest.raises(UserError, match='smallest working image size is 43'):
-    train.check_config(small)
+    validation.check_config(small)
   small.image_size = 43
-  train.check_config(small)
+  validation.check_config(small)
   unknown = config.copy_and_resolve_references()
   unknown.model = 'lenet'
-  with pytest.raises(UserError, match="Unknown model 'lenet'"):
-    train.check_config(unknown)
+  with pytest.raises(UserError, match="Unknown config.model 'lenet'"):
+    validation.check_config(unknown)
   unknown = config.copy_and_resolve_references()
   unknown.conv_lowering = 'winograd'
   with pytest.raises(UserError, match="Unknown config.conv_lowering 'winograd'"):
-    train.check_config(unknown)
+    validation.check_config(unknown)
 
 
 def test_label_smoothing_loss_on_a_hand_computed_case():
@@ -121,31 +123,31 @@ def test_label_smoothing_loss_on_a_hand_computed_case():
   # Smoothing 0.3 over 3 classes: targets (0.8, 0.1, 0.1), so the loss is
   # -(0.8 log 0.5 + 0.2 log 0.25) = 1.2 log 2; without smoothing, log 2.
   chex.assert_trees_all_close(
-      train.smoothed_cross_entropy_loss(logits, labels, 0.3), 1.2 * jnp.log(2.0)[None])
+      steps.smoothed_cross_entropy_loss(logits, labels, 0.3), 1.2 * jnp.log(2.0)[None])
   chex.assert_trees_all_close(
-      train.smoothed_cross_entropy_loss(logits, labels, 0.0),
-      train.cross_entropy_loss(logits, labels))
+      steps.smoothed_cross_entropy_loss(logits, labels, 0.0),
+      steps.cross_entropy_loss(logits, labels))
 
 
 def test_the_chapters_optimizer_state_is_unchanged(config):
   """Checkpoints of the constant-rate recipe keep restoring: no step count added."""
   params = {'kernel': jnp.zeros((3, 3)), 'bias': jnp.zeros(3)}
   chex.assert_trees_all_equal_structs(
-      train.create_optimizer(config).init(params), optax.sgd(0.05).init(params))
+      train_state.create_optimizer(config).init(params), optax.sgd(0.05).init(params))
 
 
 def test_cosine_schedule_warms_up_then_decays_and_decay_spares_biases(config):
   best = config.copy_and_resolve_references()
   best.update(schedule='cosine', warmup_epochs=1.0, num_epochs=3, momentum=0.9,
               nesterov=True, weight_decay=0.1, learning_rate=0.2)
-  lr = train.create_learning_rate_fn(best, steps_per_epoch=10)
+  lr = train_state.create_learning_rate_fn(best, steps_per_epoch=10)
   assert lr(0) == 0 and lr(5) == pytest.approx(0.1) and lr(10) == pytest.approx(0.2)
   assert lr(30) == pytest.approx(0.0)
   best.num_train_steps = 20  # A run cut short decays to 0 at its own end.
-  assert train.create_learning_rate_fn(best, steps_per_epoch=10)(20) == pytest.approx(0.0)
+  assert train_state.create_learning_rate_fn(best, steps_per_epoch=10)(20) == pytest.approx(0.0)
   best.num_train_steps = 5  # Shorter than the warmup: it only warms up.
-  assert train.create_learning_rate_fn(best, steps_per_epoch=10)(5) == pytest.approx(0.1)
-  tx = train.create_optimizer(best, steps_per_epoch=10)
+  assert train_state.create_learning_rate_fn(best, steps_per_epoch=10)(5) == pytest.approx(0.1)
+  tx = train_state.create_optimizer(best, steps_per_epoch=10)
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   _, opt_state = tx.update(zero_grads, tx.init(params), params)  # At lr 0.
@@ -160,13 +162,12 @@ class TinyBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = Stage([*conv_layers(4, 3, norm=True, padding=1), global_average_pool])(
-        x, train=train)
+    x = global_average_pool(ConvBlock(4, 3, norm=True)(x, train))
     return nn.Dense(self.num_classes)(x)
 
 
 def tiny_state(config, model):
-  return train.create_train_state(jax.random.key(0), config, model)
+  return train_state.create_train_state(jax.random.key(0), config, model)
 
 
 def random_batch(num_devices, per_device, seed=0):
@@ -181,26 +182,26 @@ def random_batch(num_devices, per_device, seed=0):
 def bn_step(config):
   """The initial TinyBN state and its state after one pmapped step on 8 devices."""
   state = tiny_state(config, TinyBN())
-  p_train_step, _ = train.pmap_steps(config)
-  new_state, _ = p_train_step(train.replicate(state), random_batch(8, 2))
+  p_train_step = steps.pmap_train_step(config)
+  new_state, _ = p_train_step(train_state.replicate(state), random_batch(8, 2))
   return state, new_state
 
 
 def test_batchnorm_statistics_update_in_training_identically_on_every_device(
     config, bn_step):
   state, new_state = bn_step
-  mean = new_state.batch_stats['BatchNorm_0']['mean']
+  mean = new_state.batch_stats['ConvBlock_0']['BatchNorm_0']['mean']
   assert mean.shape == (8, 4)
-  assert not np.allclose(mean[0], state.batch_stats['BatchNorm_0']['mean'])
+  assert not np.allclose(mean[0], state.batch_stats['ConvBlock_0']['BatchNorm_0']['mean'])
   # Each device saw other images; axis_name='batch' averaged their statistics.
   for leaf in jax.tree.leaves(new_state.batch_stats):
     chex.assert_trees_all_equal(*list(leaf))
   # They are the statistics of the global batch: one device, all 16 images.
   one = jax.devices()[:1]
-  step = jax.pmap(functools.partial(train.train_step, image_size=config.image_size),
-                  axis_name=train.AXIS, devices=one)
+  step = jax.pmap(functools.partial(steps.train_step, image_size=config.image_size),
+                  axis_name=train_state.AXIS, devices=one)
   batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), random_batch(8, 2))
-  state1, _ = step(train.replicate(state, one), batch1)
+  state1, _ = step(train_state.replicate(state, one), batch1)
   chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], new_state.batch_stats),
                               jax.tree.map(lambda x: x[0], state1.batch_stats),
                               atol=1e-6)
@@ -209,11 +210,11 @@ def test_batchnorm_statistics_update_in_training_identically_on_every_device(
 def test_batchnorm_statistics_stay_fixed_in_evaluation(config, bn_step):
   _, new_state = bn_step
   state = jax.device_get(jax.tree.map(lambda x: x[0], new_state))
-  images = train.preprocess(random_batch(1, 4)['image'][0], config.image_size)
+  images = steps.preprocess(random_batch(1, 4)['image'][0], config.image_size)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   _, updates = state.apply_fn(variables, images, mutable=['batch_stats'])
   chex.assert_trees_all_equal(updates['batch_stats'], state.batch_stats)
-  _, p_eval_step = train.pmap_steps(config)
+  p_eval_step = steps.pmap_eval_step(config)
   first = p_eval_step(new_state, random_batch(8, 2, seed=1))
   chex.assert_trees_all_equal(first, p_eval_step(new_state, random_batch(8, 2, seed=1)))
 

@@ -2,7 +2,7 @@
 
 import functools
 
-from googlenet_jax.models.googlenet import GoogLeNet, Inception
+from googlenet_jax.models.googlenet import ConvBlock, GoogLeNet, Inception
 from googlenet_jax.models.googlenet28 import GoogLeNet28
 from googlenet_jax.models.inception_resnet import InceptionResNet, ResidualInception
 from googlenet_jax.models.inception_v3 import InceptionV3

@@ -1,36 +1,35 @@
 """GoogLeNet as in Dive into Deep Learning, "Multi-Branch Networks (GoogLeNet)".
 
-Images are NHWC. Every padding is written out and symmetric, as in the chapter's
-PyTorch code: Flax's 'SAME' pads strided ops asymmetrically ((2, 3) for the 7x7/2
-stem, (0, 1) for a 3x3/2 pool), which keeps the shapes but changes the numbers.
+Images are NHWC. Every padding is symmetric, as in the chapter's PyTorch code:
+Flax's 'SAME' pads strided ops asymmetrically ((2, 3) for the 7x7/2 stem, (0, 1)
+for a 3x3/2 pool), which keeps the shapes but changes the numbers.
 
 `norm=True` puts BatchNorm after every convolution, before its ReLU, as
 BN-Inception (Ioffe & Szegedy, 2015); the default is the chapter's network.
+`conv` is the convolution module (`train_state.create_model` chooses how it is
+computed, see conv_lowering) and `dtype` the dtype the layers compute in; the
+parameters are float32 whatever both are.
 """
 
 import functools
-import inspect
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from googlenet_jax.models import conv_lowering
+ModuleDef = Any
+
+# Xavier-uniform kernels and zero biases, as the chapter's `init_cnn`.
+Conv = functools.partial(nn.Conv, kernel_init=nn.initializers.xavier_uniform())
+Dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform())
+# Running averages are updated with momentum 0.9 (PyTorch's 0.1); axis_name makes
+# the batch statistics those of the global batch inside the pmapped train step.
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, axis_name='batch')
 
 
 def pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   """Symmetric padding of `size` on both spatial axes, as PyTorch's `padding=size`."""
   return ((size, size), (size, size))
-
-
-# Xavier-uniform kernels and zero biases, as the chapter's `init_cnn`; computed as
-# matmuls on a CPU (see conv_lowering), with the same parameters.
-Conv = functools.partial(nn.Conv, kernel_init=nn.initializers.xavier_uniform(),
-                         conv_general_dilated=conv_lowering.conv_general_dilated)
-Dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform())
-# Running averages are updated with momentum 0.9 (PyTorch's 0.1); axis_name makes
-# the batch statistics those of the global batch inside the pmapped train step.
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, axis_name='batch')
 
 
 def max_pool_3x3(x: jnp.ndarray, stride: int) -> jnp.ndarray:
@@ -43,29 +42,54 @@ def global_average_pool(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.mean(x, axis=(1, 2))
 
 
-def conv_layers(features: int, kernel: int, norm: bool, stride: int = 1,
-                padding: int = 0) -> list[Callable]:
-  """Conv (+ BatchNorm) + ReLU, as layers of a `Stage`."""
-  conv = Conv(features, (kernel, kernel), strides=(stride, stride),
-              padding=pad(padding))
-  return [conv, BatchNorm(), nn.relu] if norm else [conv, nn.relu]
+class ConvBlock(nn.Module):
+  """Conv, then BatchNorm if `norm`, then ReLU: the unit every network here uses.
+
+  Attributes:
+    features: output channels.
+    kernel_size: k for a k x k kernel, or (kh, kw).
+    strides: the stride on both axes.
+    padded: pad k // 2 on each side (PyTorch's `padding=k // 2`, which keeps H
+      and W at stride 1); False pads nothing.
+    norm: BatchNorm after the conv.
+    relu: ReLU at the end; False leaves a linear projection.
+    conv: the convolution module.
+    dtype: the dtype the conv and BatchNorm compute in.
+  """
+  features: int
+  kernel_size: int | tuple[int, int]
+  strides: int = 1
+  padded: bool = True
+  norm: bool = False
+  relu: bool = True
+  conv: ModuleDef = Conv
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    kernel = self.kernel_size
+    kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    padding = tuple((k // 2, k // 2) for k in kernel) if self.padded else 'VALID'
+    x = self.conv(self.features, kernel, strides=(self.strides, self.strides),
+                  padding=padding, dtype=self.dtype)(x)
+    if self.norm:
+      # Training normalises with this batch's statistics and updates the
+      # running averages; evaluation uses the running averages.
+      x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+    return nn.relu(x) if self.relu else x
 
 
 class Stage(nn.Module):
-  """`nn.Sequential` that hands `train` on to the layers that need it.
+  """Layers applied in turn, as `nn.Sequential`; modules among them get `train`.
 
-  Its layers are named layers_0, layers_1, ... as in `nn.Sequential`.
+  Its layers are named layers_0, layers_1, ... as in `nn.Sequential`; plain
+  functions (pools) take only the activations.
   """
   layers: Sequence[Callable]
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     for layer in self.layers:
-      if isinstance(layer, nn.BatchNorm):
-        x = layer(x, use_running_average=not train)
-      elif 'train' in inspect.signature(layer).parameters:
-        x = layer(x, train=train)
-      else:
-        x = layer(x)
+      x = layer(x, train) if isinstance(layer, nn.Module) else layer(x)
     return x
 
 
@@ -77,29 +101,21 @@ class Inception(nn.Module):
     c2: (1x1 reduce, 3x3) channels of branch 2.
     c3: (1x1 reduce, 5x5) channels of branch 3.
     c4: channels of branch 4, a 1x1 conv after a 3x3/1 max-pool.
-    norm: BatchNorm after every conv.
+    conv: the ConvBlock every conv is made with (BatchNorm, form, dtype).
   """
   c1: int
   c2: Sequence[int]
   c3: Sequence[int]
   c4: int
-  norm: bool = False
-
-  def conv(self, x: jnp.ndarray, features: int, kernel: int, train: bool,
-           padding: int = 0) -> jnp.ndarray:
-    x = Conv(features, (kernel, kernel), padding=pad(padding))(x)
-    if self.norm:
-      x = BatchNorm(use_running_average=not train)(x)
-    return nn.relu(x)
+  conv: ModuleDef = ConvBlock
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    b1 = self.conv(x, self.c1, 1, train)
-    b2 = self.conv(x, self.c2[0], 1, train)
-    b2 = self.conv(b2, self.c2[1], 3, train, padding=1)
-    b3 = self.conv(x, self.c3[0], 1, train)
-    b3 = self.conv(b3, self.c3[1], 5, train, padding=2)
-    b4 = self.conv(max_pool_3x3(x, stride=1), self.c4, 1, train)
+    conv = self.conv
+    b1 = conv(self.c1, 1)(x, train)
+    b2 = conv(self.c2[1], 3)(conv(self.c2[0], 1)(x, train), train)
+    b3 = conv(self.c3[1], 5)(conv(self.c3[0], 1)(x, train), train)
+    b4 = conv(self.c4, 1)(max_pool_3x3(x, stride=1), train)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
@@ -113,17 +129,22 @@ class GoogLeNet(nn.Module):
     num_classes: outputs of the head.
     norm: BatchNorm after every conv (BN-Inception).
     block: the Inception block class; `ResidualInception` makes Inception-ResNet.
+    conv: the convolution module of every conv.
+    dtype: the dtype every layer computes in.
   """
   num_classes: int = 10
   norm: bool = False
-  block: Any = Inception
+  block: ModuleDef = Inception
+  conv: ModuleDef = Conv
+  dtype: Any = jnp.float32
 
   def setup(self):
+    conv = functools.partial(ConvBlock, norm=self.norm, conv=self.conv,
+                             dtype=self.dtype)
+    inception = functools.partial(self.block, conv=conv)
     pool = functools.partial(max_pool_3x3, stride=2)
-    inception = functools.partial(self.block, norm=self.norm)
-    self.b1 = Stage(self.b1_layers())
-    self.b2 = Stage([*conv_layers(64, 1, self.norm),
-                     *conv_layers(192, 3, self.norm, padding=1), pool])
+    self.b1 = Stage(self.stem(conv))
+    self.b2 = Stage([conv(64, 1), conv(192, 3), pool])
     self.b3 = Stage([
         inception(64, (96, 128), (16, 32), 32),
         inception(128, (128, 192), (32, 96), 64), pool])
@@ -137,12 +158,11 @@ class GoogLeNet(nn.Module):
         inception(256, (160, 320), (32, 128), 128),
         inception(384, (192, 384), (48, 128), 128),
         global_average_pool])
-    self.head = Dense(self.num_classes)
+    self.head = Dense(self.num_classes, dtype=self.dtype)
 
-  def b1_layers(self) -> list[Callable]:
-    """7x7/2 conv and 3x3/2 max-pool: 96x96 -> 24x24."""
-    return [*conv_layers(64, 7, self.norm, stride=2, padding=3),
-            functools.partial(max_pool_3x3, stride=2)]
+  def stem(self, conv: ModuleDef) -> list[Callable]:
+    """b1: 7x7/2 conv and 3x3/2 max-pool, 96x96 -> 24x24."""
+    return [conv(64, 7, strides=2), functools.partial(max_pool_3x3, stride=2)]
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     for stage in (self.b1, self.b2, self.b3, self.b4, self.b5):

@@ -12,13 +12,12 @@ are the chapter's, channels unchanged.
 import functools
 from typing import Callable
 
-from googlenet_jax.models.googlenet import GoogLeNet, conv_layers, max_pool_3x3
+from googlenet_jax.models.googlenet import GoogLeNet, ModuleDef, max_pool_3x3
 
 
 class GoogLeNet28(GoogLeNet):
   """GoogLeNet with a 3x3/1 stem conv: 28x28 -> b1 (14,14,64) -> ... -> (2,2,832)."""
 
-  def b1_layers(self) -> list[Callable]:
-    """3x3/1 conv and 3x3/2 max-pool: 28x28 -> 14x14."""
-    return [*conv_layers(64, 3, self.norm, padding=1),
-            functools.partial(max_pool_3x3, stride=2)]
+  def stem(self, conv: ModuleDef) -> list[Callable]:
+    """b1: 3x3/1 conv and 3x3/2 max-pool, 28x28 -> 14x14."""
+    return [conv(64, 3), functools.partial(max_pool_3x3, stride=2)]

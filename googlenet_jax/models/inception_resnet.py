@@ -16,7 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from googlenet_jax.models.googlenet import Conv, GoogLeNet, Inception
+from googlenet_jax.models.googlenet import ConvBlock, GoogLeNet, Inception, ModuleDef
 
 
 class ResidualInception(nn.Module):
@@ -24,22 +24,23 @@ class ResidualInception(nn.Module):
 
   Attributes:
     c1, c2, c3, c4: the Inception block's branch channels.
-    norm: BatchNorm after every conv of the branches.
+    conv: the ConvBlock of the branches; the projections are its conv alone.
     scale: weight of the residual.
   """
   c1: int
   c2: Sequence[int]
   c3: Sequence[int]
   c4: int
-  norm: bool = False
+  conv: ModuleDef = ConvBlock
   scale: float = 0.2
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    branches = Inception(self.c1, self.c2, self.c3, self.c4, norm=self.norm)(x, train)
+    branches = Inception(self.c1, self.c2, self.c3, self.c4, conv=self.conv)(x, train)
     channels = branches.shape[-1]
-    residual = Conv(channels, (1, 1))(branches)
-    shortcut = x if x.shape[-1] == channels else Conv(channels, (1, 1))(x)
+    project = functools.partial(self.conv, channels, 1, norm=False, relu=False)
+    residual = project()(branches)
+    shortcut = x if x.shape[-1] == channels else project()(x)
     return nn.relu(shortcut + self.scale * residual)
 
 

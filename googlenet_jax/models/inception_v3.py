@@ -19,23 +19,13 @@ unpadded convs; every other conv pads symmetrically to keep H and W.
 """
 
 import functools
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from googlenet_jax.models.googlenet import (
-    BatchNorm, Conv, Dense, Stage, conv_layers, global_average_pool)
-
-
-def conv_bn(x: jnp.ndarray, features: int, kernel: tuple[int, int], train: bool,
-            stride: int = 1, valid: bool = False) -> jnp.ndarray:
-  """Conv + BatchNorm + ReLU, padded to keep H and W unless `valid`.
-
-  Call it inside a compact module: its layers become that module's.
-  """
-  padding = 'VALID' if valid else tuple((k // 2, k // 2) for k in kernel)
-  x = Conv(features, kernel, strides=(stride, stride), padding=padding)(x)
-  x = BatchNorm(use_running_average=not train)(x)
-  return nn.relu(x)
+    Conv, ConvBlock, Dense, ModuleDef, Stage, global_average_pool)
 
 
 def avg_pool_3x3(x: jnp.ndarray) -> jnp.ndarray:
@@ -51,28 +41,33 @@ def max_pool_3x3_valid(x: jnp.ndarray) -> jnp.ndarray:
 class InceptionA(nn.Module):
   """1x1 | 1x1, 3x3 | 1x1, 3x3, 3x3 (the factorised 5x5) | avg-pool, 1x1."""
   pool_features: int
+  conv: ModuleDef = ConvBlock
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    b1 = conv_bn(x, 64, (1, 1), train)
-    b2 = conv_bn(x, 48, (1, 1), train)
-    b2 = conv_bn(b2, 64, (3, 3), train)
-    b3 = conv_bn(x, 64, (1, 1), train)
-    b3 = conv_bn(b3, 96, (3, 3), train)
-    b3 = conv_bn(b3, 96, (3, 3), train)
-    b4 = conv_bn(avg_pool_3x3(x), self.pool_features, (1, 1), train)
+    conv = self.conv
+    b1 = conv(64, 1)(x, train)
+    b2 = conv(48, 1)(x, train)
+    b2 = conv(64, 3)(b2, train)
+    b3 = conv(64, 1)(x, train)
+    b3 = conv(96, 3)(b3, train)
+    b3 = conv(96, 3)(b3, train)
+    b4 = conv(self.pool_features, 1)(avg_pool_3x3(x), train)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
 class ReductionA(nn.Module):
   """Halves the grid: 3x3/2 | 1x1, 3x3, 3x3/2 | max-pool 3x3/2; 288 -> 768 channels."""
 
+  conv: ModuleDef = ConvBlock
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    b1 = conv_bn(x, 384, (3, 3), train, stride=2, valid=True)
-    b2 = conv_bn(x, 64, (1, 1), train)
-    b2 = conv_bn(b2, 96, (3, 3), train)
-    b2 = conv_bn(b2, 96, (3, 3), train, stride=2, valid=True)
+    conv = self.conv
+    b1 = conv(384, 3, strides=2, padded=False)(x, train)
+    b2 = conv(64, 1)(x, train)
+    b2 = conv(96, 3)(b2, train)
+    b2 = conv(96, 3, strides=2, padded=False)(b2, train)
     return jnp.concatenate([b1, b2, max_pool_3x3_valid(x)], axis=-1)
 
 
@@ -84,51 +79,58 @@ class InceptionB(nn.Module):
   """
   c7: int
   n: int = 7
+  conv: ModuleDef = ConvBlock
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    n = self.n
-    b1 = conv_bn(x, 192, (1, 1), train)
-    b2 = conv_bn(x, self.c7, (1, 1), train)
-    b2 = conv_bn(b2, self.c7, (1, n), train)
-    b2 = conv_bn(b2, 192, (n, 1), train)
-    b3 = conv_bn(x, self.c7, (1, 1), train)
-    b3 = conv_bn(b3, self.c7, (n, 1), train)
-    b3 = conv_bn(b3, self.c7, (1, n), train)
-    b3 = conv_bn(b3, self.c7, (n, 1), train)
-    b3 = conv_bn(b3, 192, (1, n), train)
-    b4 = conv_bn(avg_pool_3x3(x), 192, (1, 1), train)
+    conv, n = self.conv, self.n
+    b1 = conv(192, 1)(x, train)
+    b2 = conv(self.c7, 1)(x, train)
+    b2 = conv(self.c7, (1, n))(b2, train)
+    b2 = conv(192, (n, 1))(b2, train)
+    b3 = conv(self.c7, 1)(x, train)
+    b3 = conv(self.c7, (n, 1))(b3, train)
+    b3 = conv(self.c7, (1, n))(b3, train)
+    b3 = conv(self.c7, (n, 1))(b3, train)
+    b3 = conv(192, (1, n))(b3, train)
+    b4 = conv(192, 1)(avg_pool_3x3(x), train)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
 class ReductionB(nn.Module):
   """Halves the grid: 1x1, 3x3/2 | 1x1, 1x7, 7x1, 3x3/2 | max-pool; 768 -> 1280."""
 
+  conv: ModuleDef = ConvBlock
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    b1 = conv_bn(x, 192, (1, 1), train)
-    b1 = conv_bn(b1, 320, (3, 3), train, stride=2, valid=True)
-    b2 = conv_bn(x, 192, (1, 1), train)
-    b2 = conv_bn(b2, 192, (1, 7), train)
-    b2 = conv_bn(b2, 192, (7, 1), train)
-    b2 = conv_bn(b2, 192, (3, 3), train, stride=2, valid=True)
+    conv = self.conv
+    b1 = conv(192, 1)(x, train)
+    b1 = conv(320, 3, strides=2, padded=False)(b1, train)
+    b2 = conv(192, 1)(x, train)
+    b2 = conv(192, (1, 7))(b2, train)
+    b2 = conv(192, (7, 1))(b2, train)
+    b2 = conv(192, 3, strides=2, padded=False)(b2, train)
     return jnp.concatenate([b1, b2, max_pool_3x3_valid(x)], axis=-1)
 
 
 class InceptionC(nn.Module):
   """Wide branches for the coarsest grid: 3x3s end in parallel 1x3 and 3x1; 2048 out."""
 
+  conv: ModuleDef = ConvBlock
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    b1 = conv_bn(x, 320, (1, 1), train)
-    b2 = conv_bn(x, 384, (1, 1), train)
-    b2 = jnp.concatenate([conv_bn(b2, 384, (1, 3), train),
-                          conv_bn(b2, 384, (3, 1), train)], axis=-1)
-    b3 = conv_bn(x, 448, (1, 1), train)
-    b3 = conv_bn(b3, 384, (3, 3), train)
-    b3 = jnp.concatenate([conv_bn(b3, 384, (1, 3), train),
-                          conv_bn(b3, 384, (3, 1), train)], axis=-1)
-    b4 = conv_bn(avg_pool_3x3(x), 192, (1, 1), train)
+    conv = self.conv
+    b1 = conv(320, 1)(x, train)
+    b2 = conv(384, 1)(x, train)
+    b2 = jnp.concatenate([conv(384, (1, 3))(b2, train),
+                          conv(384, (3, 1))(b2, train)], axis=-1)
+    b3 = conv(448, 1)(x, train)
+    b3 = conv(384, 3)(b3, train)
+    b3 = jnp.concatenate([conv(384, (1, 3))(b3, train),
+                          conv(384, (3, 1))(b3, train)], axis=-1)
+    b4 = conv(192, 1)(avg_pool_3x3(x), train)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
@@ -137,19 +139,28 @@ class InceptionV3(nn.Module):
 
   At 96x96 the blocks give (N,22,22,64), (N,20,20,192), (N,20,20,288),
   (N,9,9,768), (N,2048) and (N,num_classes) logits.
+
+  Attributes:
+    num_classes: outputs of the head.
+    conv: the convolution module of every conv.
+    dtype: the dtype every layer computes in.
   """
   num_classes: int = 10
+  conv: ModuleDef = Conv
+  dtype: Any = jnp.float32
 
   def setup(self):
-    conv = functools.partial(conv_layers, norm=True)  # Unpadded unless told.
-    self.b1 = Stage([*conv(32, 3, stride=2), *conv(32, 3), *conv(64, 3, padding=1),
+    conv = functools.partial(ConvBlock, norm=True, conv=self.conv, dtype=self.dtype)
+    valid = functools.partial(conv, padded=False)  # The stem's unpadded convs.
+    self.b1 = Stage([valid(32, 3, strides=2), valid(32, 3), conv(64, 3),
                      max_pool_3x3_valid])
-    self.b2 = Stage([*conv(80, 1), *conv(192, 3)])
-    self.b3 = Stage([InceptionA(32), InceptionA(64), InceptionA(64)])
-    self.b4 = Stage([ReductionA(), InceptionB(128), InceptionB(160),
-                     InceptionB(160), InceptionB(192)])
-    self.b5 = Stage([ReductionB(), InceptionC(), InceptionC(), global_average_pool])
-    self.head = Dense(self.num_classes)
+    self.b2 = Stage([conv(80, 1), valid(192, 3)])
+    self.b3 = Stage([InceptionA(pool, conv=conv) for pool in (32, 64, 64)])
+    self.b4 = Stage([ReductionA(conv=conv),
+                     *[InceptionB(c7, conv=conv) for c7 in (128, 160, 160, 192)]])
+    self.b5 = Stage([ReductionB(conv=conv), InceptionC(conv=conv), InceptionC(conv=conv),
+                     global_average_pool])
+    self.head = Dense(self.num_classes, dtype=self.dtype)
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     for stage in (self.b1, self.b2, self.b3, self.b4, self.b5):

@@ -1,0 +1,155 @@
+"""The per-device training and evaluation steps, and their pmapped form.
+
+The steps are plain functions of one device's shard that sum or average over
+devices with `axis_name='batch'` collectives; `jax.pmap` runs them on every
+local device. Images arrive as uint8 28x28 and are resized and scaled on the
+device. The model may compute in bfloat16 (`config.dtype`); its logits, the
+losses and the metrics are float32.
+"""
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from googlenet_jax import augment
+from googlenet_jax.train_state import AXIS, TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def to_unit_interval(images: jax.Array) -> jax.Array:
+  """uint8 images -> float32 in [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def resize(images: jax.Array, image_size: int) -> jax.Array:
+  """(N, H, W, C) -> (N, S, S, C), bilinearly."""
+  n, _, _, channels = images.shape
+  return jax.image.resize(images, (n, image_size, image_size, channels), 'bilinear')
+
+
+def preprocess(images: jax.Array, image_size: int) -> jax.Array:
+  """uint8 (N, 28, 28, 1) -> float32 (N, S, S, 1) in [0, 1], resized bilinearly."""
+  return resize(to_unit_interval(images), image_size)
+
+
+def augmented_preprocess(images: jax.Array, image_size: int,
+                         augmentation: augment.Augmentation, seed: int,
+                         step: jax.Array) -> jax.Array:
+  """`preprocess` with `augmentation` applied at 28x28, keyed by (seed, step, example)."""
+  images = to_unit_interval(images)
+  if augmentation.enabled:
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    first_index = jax.lax.axis_index(AXIS) * images.shape[0]
+    images = augment.augment_batch(augmentation, key, images, first_index)
+  return resize(images, image_size)
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy against integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def smoothed_cross_entropy_loss(logits: jax.Array, labels: jax.Array,
+                                label_smoothing: float) -> jax.Array:
+  """Per-example cross-entropy against one-hot labels smoothed towards uniform.
+
+  The target puts 1 - label_smoothing + label_smoothing / K on the true class
+  and label_smoothing / K on each other class (Szegedy et al., 2016).
+  """
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  return optax.softmax_cross_entropy(
+      logits, optax.smooth_labels(targets, label_smoothing))
+
+
+def compute_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+  """Sums of loss, correct predictions and examples over the global batch.
+
+  Sums (not means) so that batches, devices and a padded last batch add up exactly;
+  `mask` is 0 for padding.
+  """
+  metrics = {
+      'loss': jnp.sum(cross_entropy_loss(logits, labels) * mask),
+      'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      'count': jnp.sum(mask),
+  }
+  return jax.lax.psum(metrics, axis_name=AXIS)
+
+
+def confusion_matrix(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """Counts of (true class, predicted class) over the global batch, padding masked."""
+  num_classes = logits.shape[-1]
+  true = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * mask[:, None]
+  predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes, dtype=jnp.int32)
+  return jax.lax.psum(true.T @ predicted, axis_name=AXIS)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], image_size: int,
+               label_smoothing: float = 0.0,
+               augmentation: augment.Augmentation = augment.Augmentation(),
+               seed: int = 0) -> tuple[TrainState, Metrics]:
+  """One SGD step on this device's shard; gradients are averaged over devices.
+
+  The images are augmented with keys from `seed` and the step. The loss is
+  smoothed by `label_smoothing`; the metrics' loss is plain cross-entropy,
+  comparable with the test loss.
+  """
+  images = augmented_preprocess(batch['image'], image_size, augmentation, seed,
+                                state.step)
+  labels = batch['label']
+
+  def loss_fn(params):
+    # BatchNorm in training mode normalises with this step's batch statistics
+    # (averaged over devices: axis_name='batch') and returns its updated running
+    # averages as the mutable 'batch_stats' collection; {} without BatchNorm.
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+        mutable=['batch_stats'])
+    logits = logits.astype(jnp.float32)  # Softmax and loss in float32.
+    loss = smoothed_cross_entropy_loss(logits, labels, label_smoothing).mean()
+    return loss, (logits, updates['batch_stats'])
+
+  (_, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name=AXIS)
+  metrics = compute_metrics(logits, labels, jnp.ones(labels.shape, jnp.float32))
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+
+def eval_logits(state: TrainState, images: jax.Array, image_size: int) -> jax.Array:
+  """float32 logits of uint8 images in inference mode; evaluation and prediction share it."""
+  # BatchNorm in inference mode (train=False) normalises with the running
+  # averages kept in state.batch_stats and leaves them unchanged.
+  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                          preprocess(images, image_size))
+  return logits.astype(jnp.float32)
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array],
+              image_size: int) -> Metrics:
+  """Metric sums and confusion matrix of one evaluation batch; padding is masked out."""
+  logits = eval_logits(state, batch['image'], image_size)
+  mask = batch['mask'].astype(jnp.int32)
+  metrics = compute_metrics(logits, batch['label'], mask.astype(jnp.float32))
+  metrics['confusion'] = confusion_matrix(logits, batch['label'], mask)
+  return metrics
+
+
+def pmap_train_step(config: ml_collections.ConfigDict) -> Callable:
+  """`train_step` with the config's settings, pmapped over all local devices."""
+  return jax.pmap(
+      functools.partial(train_step, image_size=config.image_size,
+                        label_smoothing=config.label_smoothing,
+                        augmentation=augment.Augmentation.from_config(config),
+                        seed=config.seed),
+      axis_name=AXIS, donate_argnums=(0,))
+
+
+def pmap_eval_step(config: ml_collections.ConfigDict) -> Callable:
+  """`eval_step` at the config's image size, pmapped over all local devices."""
+  return jax.pmap(functools.partial(eval_step, image_size=config.image_size),
+                  axis_name=AXIS)

@@ -1,0 +1,113 @@
+"""What training starts from: the model, the optimizer and the initial train state."""
+
+from typing import Any, Sequence
+
+from flax import struct
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import ml_collections
+import numpy as np
+import optax
+
+from googlenet_jax import models
+from googlenet_jax.models import conv_lowering
+
+AXIS = 'batch'  # The name of the device axis of the pmapped steps.
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimizer state and BatchNorm's running averages.
+
+  `batch_stats` is {} for models without BatchNorm. It is not trained by the
+  optimizer: train_step replaces it with what the model returns.
+  """
+  batch_stats: Any = struct.field(default_factory=dict)
+
+
+def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None):
+  """The model named by `config.model`, computing in `config.dtype`.
+
+  Its convolutions take `conv_form` (default `config.conv_lowering`); parameters
+  are float32 in every form and dtype, so checkpoints do not depend on either.
+  """
+  return models.MODELS[config.model](
+      num_classes=config.num_classes,
+      conv=conv_lowering.conv_module(conv_form or config.conv_lowering),
+      dtype=jnp.dtype(config.dtype))
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """num_train_steps if set, else num_epochs of steps."""
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return config.num_epochs * steps_per_epoch
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.ScalarOrSchedule:
+  """config.learning_rate, constant or after linear warmup with cosine decay to 0."""
+  if config.schedule == 'constant':
+    # A float, not a schedule: the optimizer state then holds no step count,
+    # as in checkpoints of the chapter's recipe.
+    return config.learning_rate
+  warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+  # A run shorter than its warmup (a quick num_train_steps check) only warms up.
+  decay_steps = max(total_train_steps(config, steps_per_epoch), warmup_steps + 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate,
+      warmup_steps=warmup_steps, decay_steps=decay_steps)
+
+
+def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                     step: int) -> float:
+  """The learning rate that the optimizer uses for the update at `step` (from 0)."""
+  rate = create_learning_rate_fn(config, steps_per_epoch)
+  return float(rate(step)) if callable(rate) else rate
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """SGD with optional (Nesterov) momentum and weight decay on the kernels.
+
+  `steps_per_epoch` only shapes the learning-rate schedule; the optimizer state's
+  structure, which a checkpoint must match, does not depend on it.
+  """
+  sgd = optax.sgd(create_learning_rate_fn(config, steps_per_epoch),
+                  momentum=config.momentum or None, nesterov=config.nesterov)
+  if not config.weight_decay:
+    return sgd
+  # Decay conv and dense kernels, not biases or BatchNorm's scale and offset.
+  kernels = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
+  return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=kernels), sgd)
+
+
+def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
+                       model, steps_per_epoch: int = 1) -> TrainState:
+  """Initial parameters, BatchNorm statistics and optimizer state, on the default device."""
+  images = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
+  variables = jax.jit(model.init)(rng, images)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}),
+      tx=create_optimizer(config, steps_per_epoch))
+
+
+def replicate(tree, devices: Sequence[jax.Device] | None = None):
+  """Copies `tree` to every local device (or `devices`), laid out as pmap's outputs.
+
+  `flax.jax_utils.replicate` names its mesh axis differently, which makes the
+  second step compile the train step a second time.
+  """
+  devices = devices or jax.local_devices()
+  sharding = NamedSharding(Mesh(devices, (AXIS,)), PartitionSpec(AXIS))
+  def put(x):
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
+  return jax.tree.map(put, jax.device_get(tree))
+
+
+def unreplicate(tree):
+  """The first device's copy of a replicated `tree`, on the host."""
+  return jax.device_get(jax.tree.map(lambda x: x[0], tree))

@@ -1,0 +1,70 @@
+"""Checks of a config before any work is done: each problem is one UserError line."""
+
+import jax
+import ml_collections
+
+from googlenet_jax import models
+from googlenet_jax.errors import UserError
+from googlenet_jax.models import conv_lowering
+
+SCHEDULES = ('constant', 'cosine')
+DTYPES = ('float32', 'bfloat16')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError, in one line, for a config that cannot run."""
+  check_choice(config, 'model', models.MODELS)
+  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'image_size'):
+    if config[field] <= 0:
+      raise UserError(f'config.{field} must be positive, got {config[field]}.')
+  if config.learning_rate <= 0:
+    raise UserError(f'config.learning_rate must be positive, got {config.learning_rate}.')
+  if config.num_train_steps == 0 or config.num_train_steps < -1:
+    raise UserError('config.num_train_steps must be -1 or positive (-1 = use '
+                    f'num_epochs), got {config.num_train_steps}.')
+  if config.checkpoint_every_steps < 0:
+    raise UserError('config.checkpoint_every_steps must be 0 (epoch ends only) or '
+                    f'positive, got {config.checkpoint_every_steps}.')
+  min_size = models.MIN_IMAGE_SIZE[config.model]
+  if config.image_size < min_size:
+    raise UserError(f'config.image_size {config.image_size} is too small for '
+                    f'{config.model}: its smallest working image size is {min_size}.')
+  if not 0 <= config.label_smoothing < 1:
+    raise UserError('config.label_smoothing must be in [0, 1), got '
+                    f'{config.label_smoothing}.')
+  if config.augment_crop_padding < 0:
+    raise UserError('config.augment_crop_padding must be 0 (no crop) or a number of '
+                    f'pixels, got {config.augment_crop_padding}.')
+  if not 0 <= config.augment_erase_probability <= 1:
+    raise UserError('config.augment_erase_probability must be in [0, 1], got '
+                    f'{config.augment_erase_probability}.')
+  check_choice(config, 'conv_lowering', conv_lowering.FORMS)
+  check_choice(config, 'schedule', SCHEDULES)
+  check_choice(config, 'dtype', DTYPES)
+  for field in ('batch_size', 'eval_batch_size'):
+    check_batch_size(config[field], jax.device_count(), field)
+
+
+def check_choice(config: ml_collections.ConfigDict, field: str, choices) -> None:
+  """Raises UserError unless config[field] is one of `choices`."""
+  if config[field] not in choices:
+    raise UserError(f'Unknown config.{field} {config[field]!r}: choose one of '
+                    f'{", ".join(sorted(choices))} (--config.{field}=NAME).')
+
+
+def check_batch_size(batch_size: int, num_devices: int,
+                     field: str = 'batch_size') -> None:
+  """Raises UserError unless `batch_size` splits evenly over the devices.
+
+  Args:
+    batch_size: the global batch size.
+    num_devices: the devices over all processes.
+    field: the config field the user should change.
+  """
+  if batch_size <= 0:
+    raise UserError(f'{field} {batch_size} must be positive')
+  if batch_size % num_devices:
+    suggestion = -(-batch_size // num_devices) * num_devices
+    raise UserError(
+        f'{field} {batch_size} is not divisible by the {num_devices} devices: '
+        f'use a multiple of {num_devices} (e.g. --config.{field}={suggestion})')

@@ -1,0 +1,110 @@
+"""The training loop's ends: stops, errors, what an epoch reports, the run's ETA."""
+
+import io
+import json
+import os
+
+import pytest
+
+from googlenet_jax import preemption
+from googlenet_jax import progress
+from googlenet_jax import train
+from googlenet_jax import train_state
+from googlenet_jax.errors import UserError
+from googlenet_jax.metric_writers import MetricWriter
+from fake_data import NUM_TRAIN
+
+
+def logged_epochs(workdir) -> list[tuple[int, int]]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [(line['epoch'], line['step']) for line in map(json.loads, f)]
+
+
+def stop_at(monkeypatch, stop_step):
+  """Makes the loop's stop signal fire after `stop_step`, as a SIGTERM would."""
+  monkeypatch.setattr(preemption.StopSignal, 'requested',
+                      lambda self, step: step == stop_step)
+
+
+@pytest.fixture
+def closed_writers(monkeypatch):
+  """The MetricWriters the loop opens, to check they were closed."""
+  writers = []
+  original_init = MetricWriter.__init__
+  def recording_init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    writers.append(self)
+  monkeypatch.setattr(MetricWriter, '__init__', recording_init)
+  return writers
+
+
+def test_a_stop_on_an_epochs_last_step_still_reports_that_epoch(
+    config, tmp_path, monkeypatch, closed_writers):
+  steps_per_epoch = NUM_TRAIN // config.batch_size
+  stop_at(monkeypatch, steps_per_epoch)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step[0]) == steps_per_epoch
+  assert logged_epochs(tmp_path) == [(1, steps_per_epoch)]
+  assert closed_writers and all(writer.closed for writer in closed_writers)
+  monkeypatch.undo()
+  train.train_and_evaluate(config, str(tmp_path))
+  # Resumed at the next epoch: each epoch is reported once.
+  assert logged_epochs(tmp_path) == [(1, steps_per_epoch), (2, 2 * steps_per_epoch)]
+
+
+def test_a_stop_mid_epoch_reports_the_epoch_after_the_resume(
+    config, tmp_path, monkeypatch):
+  stop_at(monkeypatch, 1)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert logged_epochs(tmp_path) == []
+  monkeypatch.undo()
+  train.train_and_evaluate(config, str(tmp_path))
+  assert [epoch for epoch, _ in logged_epochs(tmp_path)] == [1, 2]
+
+
+def test_a_diverging_run_raises_and_closes_the_metric_writer(
+    config, tmp_path, closed_writers):
+  diverging = config.copy_and_resolve_references()
+  diverging.learning_rate = float('inf')
+  diverging.checkpoint_every_steps = 1
+  with pytest.raises(UserError, match='not finite at step 1'):
+    train.train_and_evaluate(diverging, str(tmp_path))
+  assert len(closed_writers) == 1 and closed_writers[0].closed
+
+
+def test_an_epoch_logs_the_learning_rate_of_its_last_update(config, tmp_path):
+  cosine = config.copy_and_resolve_references()
+  cosine.schedule = 'cosine'
+  steps_per_epoch = 3
+  schedule = train_state.create_learning_rate_fn(cosine, steps_per_epoch)
+  last_step = 2 * steps_per_epoch  # The run's end, where the schedule reaches 0.
+  metrics = {'loss': 2.0, 'correct': 1.0, 'count': 16.0}
+  with MetricWriter(str(tmp_path)) as writer:
+    train.report_epoch(writer, cosine, str(tmp_path), last_step, 1, steps_per_epoch,
+                       metrics, {'loss': 2.0, 'accuracy': 0.1}, 10.0)
+  with open(tmp_path / 'metrics.jsonl') as f:
+    logged = json.loads(f.readline())['learning_rate']
+  assert float(schedule(last_step)) == 0.0
+  assert logged == pytest.approx(float(schedule(last_step - 1)))
+  assert logged > 0
+
+
+def test_the_progress_line_shows_the_runs_remaining_time(monkeypatch):
+  now = [0.0]
+  monkeypatch.setattr(progress.time, 'perf_counter', lambda: now[0])
+  stream = io.StringIO()
+  bar = progress.Progress('epoch 1/3', total=10, images_per_step=16,
+                          steps_after=20, stream=stream, report_every_secs=0,
+                          enabled=True)
+  for _ in range(5):
+    now[0] += 1.0  # A step takes a second.
+    bar.update()
+  line = stream.getvalue().splitlines()[-1]
+  # 5 steps of this epoch and 20 after it at 1 step/s.
+  assert line == 'epoch 1/3 step 5/10: 16.0 images/s, ETA 00:05, run ETA 00:25', line
+
+
+def test_epoch_progress_counts_the_later_epochs_for_the_run_eta():
+  bar = progress.epoch_progress(step=4, num_steps=10, steps_per_epoch=3,
+                                batch_size=16)
+  assert (bar._total, bar._steps_after) == (3, 4)  # Epoch 2 of 4: steps 3-6, then 4.

@@ -1,15 +1,16 @@
 """Host-side batches of Fashion-MNIST: uint8 images, split across devices.
 
-A source is anything with `len()` and `__getitems__(indices)` returning a list
-of {'image': uint8 [28, 28, 1], 'label': int} examples: a tfds data source, or
-an `ArraySource`. Resizing and scaling happen later, on the device.
+`load_sources` reads each split once from the prepared tfds dataset into host
+memory (all of Fashion-MNIST is about 55 MB as uint8), as an `ArraySource`;
+each batch is then one numpy gather. Resizing and scaling happen later, on the
+device.
 
 Each process reads only its own rows of each global batch, and the global
 batches depend only on (seed, epoch), so the data seen at a step is the same
 however many processes and devices share it.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 import functools
 
 import jax
@@ -20,28 +21,40 @@ from googlenet_jax import errors
 from googlenet_jax.data import fashion_mnist
 
 CLASS_NAMES = fashion_mnist.CLASS_NAMES
+# Examples per read from the tfds data source while loading a split.
+_READ_CHUNK = 10_000
 
 
 class ArraySource:
-  """An in-memory source over arrays of images [N, 28, 28, 1] and labels [N]."""
+  """Examples held in host memory: read-only numpy arrays, gathered by index."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray):
+    """Keeps read-only views of the examples.
+
+    Args:
+      images: uint8 [N, 28, 28, 1].
+      labels: [N] class indices; kept as int32, the batches' dtype.
+    """
     if len(images) != len(labels):
       raise ValueError(f'{len(images)} images but {len(labels)} labels')
-    self._images = images
-    self._labels = labels
+    self._images = _read_only(np.asarray(images, np.uint8))
+    self._labels = _read_only(np.asarray(labels, np.int32))
+
+  @property
+  def images(self) -> np.ndarray:
+    """uint8 [N, 28, 28, 1], read-only."""
+    return self._images
+
+  @property
+  def labels(self) -> np.ndarray:
+    """int32 [N], read-only."""
+    return self._labels
 
   def __len__(self) -> int:
-    return len(self._images)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return {'image': self._images[index], 'label': self._labels[index]}
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    return [self[i] for i in indices]
+    return len(self._labels)
 
 
-def load_sources(config) -> dict[str, object]:
+def load_sources(config) -> dict[str, ArraySource]:
   """Returns {'train': source, 'test': source}, preparing the data if needed.
 
   Args:
@@ -56,7 +69,29 @@ def load_sources(config) -> dict[str, object]:
       prepare()
     multihost_utils.sync_global_devices('fashion_mnist_idx prepared')
   builder = prepare()
-  return {split: builder.as_data_source(split) for split in ('train', 'test')}
+  return {split: read_source(builder.as_data_source(split))
+          for split in ('train', 'test')}
+
+
+def read_source(data_source) -> ArraySource:
+  """Reads every example of a tfds data source into host memory, in order.
+
+  Args:
+    data_source: `builder.as_data_source(split)`: `len()`, and
+      `__getitems__(indices)` returning {'image', 'label'} examples.
+  """
+  num_examples = len(data_source)
+  images = np.empty((num_examples, *fashion_mnist.IMAGE_SHAPE), np.uint8)
+  labels = np.empty(num_examples, np.int32)
+  # In chunks: a call per example costs a round trip through the reader each,
+  # one call for all holds every example as a dict at once.
+  for start in range(0, num_examples, _READ_CHUNK):
+    stop = min(start + _READ_CHUNK, num_examples)
+    examples = data_source.__getitems__(range(start, stop))
+    np.stack([example['image'] for example in examples],
+             out=images[start:stop])
+    labels[start:stop] = [example['label'] for example in examples]
+  return ArraySource(images, labels)
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -68,8 +103,8 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   return num_examples // global_batch_size
 
 
-def train_batches(source, *, global_batch_size: int, seed: int, epoch: int,
-                  process_index: int, process_count: int,
+def train_batches(source: ArraySource, *, global_batch_size: int, seed: int,
+                  epoch: int, process_index: int, process_count: int,
                   num_local_devices: int,
                   start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's share of each training batch of one epoch.
@@ -99,11 +134,11 @@ def train_batches(source, *, global_batch_size: int, seed: int, epoch: int,
                                                 global_batch_size)):
     start = step * global_batch_size + process_index * local_batch_size
     indices = order[start:start + local_batch_size]
-    yield _read_batch(source, indices, num_local_devices)
+    yield _gather(source, indices, num_local_devices)
 
 
-def eval_batches(source, *, global_batch_size: int, process_index: int,
-                 process_count: int,
+def eval_batches(source: ArraySource, *, global_batch_size: int,
+                 process_index: int, process_count: int,
                  num_local_devices: int) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's share of every example once, in order.
 
@@ -129,7 +164,7 @@ def eval_batches(source, *, global_batch_size: int, process_index: int,
     start = step * global_batch_size + process_index * local_batch_size
     indices = np.arange(start, start + local_batch_size)
     mask = indices < num_examples
-    batch = _read_batch(source, np.where(mask, indices, 0), num_local_devices)
+    batch = _gather(source, np.where(mask, indices, 0), num_local_devices)
     batch['mask'] = mask.reshape(num_local_devices, -1)
     yield batch
 
@@ -152,13 +187,18 @@ def check_batch_size(batch_size: int, num_devices: int,
         f'use a multiple of {num_devices} (e.g. --config.{field}={suggestion})')
 
 
-def _read_batch(source, indices: np.ndarray,
-                num_local_devices: int) -> dict[str, np.ndarray]:
-  """Reads `indices` and shapes them [num_local_devices, per_device, ...]."""
-  examples = source.__getitems__(indices.tolist())
-  images = np.stack([example['image'] for example in examples])
-  labels = np.array([example['label'] for example in examples], np.int32)
+def _gather(source: ArraySource, indices: np.ndarray,
+            num_local_devices: int) -> dict[str, np.ndarray]:
+  """Gathers `indices` and shapes them [num_local_devices, per_device, ...]."""
+  images = source.images[indices]
   return {
       'image': images.reshape(num_local_devices, -1, *images.shape[1:]),
-      'label': labels.reshape(num_local_devices, -1),
+      'label': source.labels[indices].reshape(num_local_devices, -1),
   }
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+  """A read-only view of `array`; the caller's array stays writable."""
+  view = array.view()
+  view.flags.writeable = False
+  return view

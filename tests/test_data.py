@@ -1,14 +1,20 @@
 """Tests for the Fashion-MNIST builder and the host-side batches."""
 
 import gzip
+import itertools
+import logging
 import os
 
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import ml_collections
 import numpy as np
 import pytest
 
 from googlenet_jax import errors
 from googlenet_jax import input_pipeline
+from googlenet_jax import train
 from googlenet_jax.data import fashion_mnist
 
 from fake_data import NUM_TEST, NUM_TRAIN, idx_bytes, write_dataset, write_idx
@@ -290,6 +296,73 @@ def test_eval_batches_hold_the_examples_in_order_padded_with_example_0(
   got_labels = np.concatenate([b['label'].reshape(-1) for (b,) in steps])
   np.testing.assert_array_equal(got_images, images[expected, ..., None])
   np.testing.assert_array_equal(got_labels, labels[expected])
+
+
+# Prefetching to the devices.
+
+
+def local_train_batches(source):
+  """An epoch of batches of 16 for the local devices: 3 steps of 50 examples."""
+  return input_pipeline.train_batches(
+      source, global_batch_size=16, seed=0, epoch=0, process_index=0,
+      process_count=1, num_local_devices=jax.local_device_count())
+
+
+def test_prefetch_yields_the_batches_in_order_split_over_the_devices(sources):
+  host = list(input_pipeline.eval_batches(
+      sources['test'], global_batch_size=16, process_index=0, process_count=1,
+      num_local_devices=jax.local_device_count()))
+  on_device = list(input_pipeline.prefetch_to_device(iter(host)))
+  assert len(on_device) == len(host) == 2
+  devices = jax.local_devices()
+  # The layout train.replicate gives the state.
+  sharding = NamedSharding(Mesh(devices, (train.AXIS,)),
+                           PartitionSpec(train.AXIS))
+  for host_batch, device_batch in zip(host, on_device):
+    assert device_batch.keys() == host_batch.keys() == {'image', 'label',
+                                                        'mask'}
+    for key, array in device_batch.items():
+      assert isinstance(array, jax.Array)
+      assert array.sharding == sharding
+      assert array.dtype == host_batch[key].dtype
+      for d, device in enumerate(devices):
+        (shard,) = [s for s in array.addressable_shards if s.device == device]
+        np.testing.assert_array_equal(shard.data, host_batch[key][d:d + 1])
+
+
+@pytest.mark.parametrize('size', [1, 2, 3])
+def test_prefetch_keeps_size_batches_ahead_of_the_one_in_use(sources, size):
+  pulled = []
+  def counted(batches):
+    for batch in batches:
+      pulled.append(batch)
+      yield batch
+
+  batches = input_pipeline.prefetch_to_device(
+      counted(local_train_batches(sources['train'])), size)
+  for step in range(3):  # 3 steps in the epoch.
+    next(batches)
+    assert len(pulled) == min(step + 1 + size, 3)
+  assert next(batches, None) is None
+
+
+def test_a_pmapped_step_fed_by_prefetch_compiles_once(sources, caplog):
+  def step(state, batch):
+    return state + 1, jnp.sum(batch['image'], dtype=jnp.int32) + jnp.sum(
+        batch['label'])
+
+  p_step = jax.pmap(step, axis_name=train.AXIS, donate_argnums=(0,))
+  state = train.replicate(np.zeros((), np.int32))
+  batches = itertools.chain(local_train_batches(sources['train']),
+                            local_train_batches(sources['train']))
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    for batch in input_pipeline.prefetch_to_device(batches):
+      state, _ = p_step(state, batch)
+    jax.block_until_ready(state)
+  compiles = [r for r in caplog.records
+              if r.getMessage().startswith('Compiling')]
+  assert len(compiles) == 1, [r.getMessage() for r in compiles]
+  np.testing.assert_array_equal(state, 6)
 
 
 # The real dataset.

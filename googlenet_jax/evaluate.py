@@ -42,7 +42,8 @@ def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
       source, global_batch_size=config.eval_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_local_devices=jax.local_device_count())
-  batches = progress.track(batches, 'test', -(-len(source) // config.eval_batch_size),
+  batches = progress.track(input_pipeline.prefetch_to_device(batches), 'test',
+                           -(-len(source) // config.eval_batch_size),
                            config.eval_batch_size)
   total = sum_metrics(p_eval_step(state, batch) for batch in batches)
   return {'loss': total['loss'] / total['count'],

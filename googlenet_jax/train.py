@@ -146,9 +146,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           num_local_devices=jax.local_device_count(), start_step=step_in_epoch)
       bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
       start_time = time.perf_counter()
-      state, step, total, stopped = train_steps(
-          p_train_step, state, itertools.islice(batches, epoch_end - step), step,
-          bar, stop, save_if_due)
+      batches = input_pipeline.prefetch_to_device(
+          itertools.islice(batches, epoch_end - step))
+      state, step, total, stopped = train_steps(p_train_step, state, batches, step,
+                                                bar, stop, save_if_due)
       bar.close()
       train = evaluate.fetch_metrics(total)
       save_checkpoint(manager, state, config, train['loss'])

@@ -1,14 +1,20 @@
 """Tests for the Fashion-MNIST builder and the host-side batches."""
 
 import gzip
+import itertools
+import logging
 import os
 
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import ml_collections
 import numpy as np
 import pytest
 
 from googlenet_jax import errors
 from googlenet_jax import input_pipeline
+from googlenet_jax import train_state
 from googlenet_jax.data import fashion_mnist
 
 from fake_data import NUM_TEST, NUM_TRAIN, idx_bytes, write_dataset, write_idx
@@ -59,10 +65,35 @@ def test_builder_prepares_local_idx_files_in_file_order(written, sources):
   for split, (images, labels) in arrays.items():
     source = sources[split]
     assert len(source) == len(images)
-    examples = source.__getitems__(list(range(len(source))))
-    np.testing.assert_array_equal(
-        np.stack([e['image'] for e in examples]), images[..., None])
-    np.testing.assert_array_equal([e['label'] for e in examples], labels)
+    assert source.images.dtype == np.uint8 and source.labels.dtype == np.int32
+    np.testing.assert_array_equal(source.images, images[..., None])
+    np.testing.assert_array_equal(source.labels, labels)
+
+
+def test_read_source_reads_every_chunk_in_order(written, sources, data_dir,
+                                                 monkeypatch):
+  del sources  # Prepared the data.
+  _, arrays = written
+  images, labels = arrays['train']
+  monkeypatch.setattr(input_pipeline, '_READ_CHUNK', 7)  # 50 = 7 * 7 + 1.
+  builder = fashion_mnist.get_builder(data_dir, verify_checksums=False)
+  source = input_pipeline.read_source(builder.as_data_source('train'))
+  np.testing.assert_array_equal(source.images, images[..., None])
+  np.testing.assert_array_equal(source.labels, labels)
+
+
+def test_array_source_is_read_only_and_leaves_its_inputs_writable(written):
+  _, arrays = written
+  images, labels = (a.copy() for a in arrays['test'])
+  source = input_pipeline.ArraySource(images[..., None], labels)
+  assert source.labels.dtype == np.int32
+  with pytest.raises(ValueError, match='read-only'):
+    source.images[0] = 0
+  with pytest.raises(ValueError, match='read-only'):
+    source.labels[0] = 0
+  images[0] = 0  # The caller's arrays are not frozen.
+  with pytest.raises(ValueError, match='23 images but 22 labels'):
+    input_pipeline.ArraySource(images, labels[1:])
 
 
 def test_get_builder_reuses_prepared_data_without_the_source(
@@ -154,6 +185,21 @@ def test_train_batches_have_device_shapes_and_dtypes(sources):
   assert batch['label'].dtype == np.int32
 
 
+def test_train_batches_follow_the_seed_epoch_permutation(written, sources):
+  # Checkpoints resume from (step, seed, epoch): this order must not change.
+  _, arrays = written
+  images, labels = arrays['train']
+  batches = list(input_pipeline.train_batches(
+      sources['train'], global_batch_size=16, seed=5, epoch=3,
+      process_index=0, process_count=1, num_local_devices=2))
+  order = np.random.default_rng((5, 3)).permutation(NUM_TRAIN)[:3 * 16]
+  np.testing.assert_array_equal(
+      np.concatenate([b['image'].reshape(-1, 28, 28, 1) for b in batches]),
+      images[order, ..., None])
+  np.testing.assert_array_equal(
+      np.concatenate([b['label'].reshape(-1) for b in batches]), labels[order])
+
+
 @pytest.mark.parametrize('process_count,num_local_devices',
                          [(2, 1), (2, 4), (4, 1), (4, 2)])
 def test_process_shards_make_up_the_single_process_batches(
@@ -237,16 +283,86 @@ def test_eval_counts_every_example_exactly_once(sources, process_count,
                                        8 // process_count // num_local_devices)
 
 
-def test_array_source_batches_like_the_tfds_source(written, sources):
+def test_eval_batches_hold_the_examples_in_order_padded_with_example_0(
+    written, sources):
   _, arrays = written
-  images, labels = arrays['train']
-  source = input_pipeline.ArraySource(images[..., None], labels)
-  kwargs = dict(global_batch_size=8, seed=0, epoch=0, process_index=0,
-                process_count=1, num_local_devices=2)
-  for a, b in zip(input_pipeline.train_batches(source, **kwargs),
-                  input_pipeline.train_batches(sources['train'], **kwargs)):
-    np.testing.assert_array_equal(a['image'], b['image'])
-    np.testing.assert_array_equal(a['label'], b['label'])
+  images, labels = arrays['test']
+  steps = all_batches(input_pipeline.eval_batches, sources['test'], 1, 2,
+                      global_batch_size=8)
+  expected = np.concatenate([np.arange(NUM_TEST),
+                             np.zeros(-NUM_TEST % 8, int)])  # 23 + 1 padding.
+  got_images = np.concatenate([b['image'].reshape(-1, 28, 28, 1)
+                               for (b,) in steps])
+  got_labels = np.concatenate([b['label'].reshape(-1) for (b,) in steps])
+  np.testing.assert_array_equal(got_images, images[expected, ..., None])
+  np.testing.assert_array_equal(got_labels, labels[expected])
+
+
+# Prefetching to the devices.
+
+
+def local_train_batches(source):
+  """An epoch of batches of 16 for the local devices: 3 steps of 50 examples."""
+  return input_pipeline.train_batches(
+      source, global_batch_size=16, seed=0, epoch=0, process_index=0,
+      process_count=1, num_local_devices=jax.local_device_count())
+
+
+def test_prefetch_yields_the_batches_in_order_split_over_the_devices(sources):
+  host = list(input_pipeline.eval_batches(
+      sources['test'], global_batch_size=16, process_index=0, process_count=1,
+      num_local_devices=jax.local_device_count()))
+  on_device = list(input_pipeline.prefetch_to_device(iter(host)))
+  assert len(on_device) == len(host) == 2
+  devices = jax.local_devices()
+  # The layout train_state.replicate gives the state.
+  sharding = NamedSharding(Mesh(devices, (train_state.AXIS,)),
+                           PartitionSpec(train_state.AXIS))
+  for host_batch, device_batch in zip(host, on_device):
+    assert device_batch.keys() == host_batch.keys() == {'image', 'label',
+                                                        'mask'}
+    for key, array in device_batch.items():
+      assert isinstance(array, jax.Array)
+      assert array.sharding == sharding
+      assert array.dtype == host_batch[key].dtype
+      for d, device in enumerate(devices):
+        (shard,) = [s for s in array.addressable_shards if s.device == device]
+        np.testing.assert_array_equal(shard.data, host_batch[key][d:d + 1])
+
+
+@pytest.mark.parametrize('size', [1, 2, 3])
+def test_prefetch_keeps_size_batches_ahead_of_the_one_in_use(sources, size):
+  pulled = []
+  def counted(batches):
+    for batch in batches:
+      pulled.append(batch)
+      yield batch
+
+  batches = input_pipeline.prefetch_to_device(
+      counted(local_train_batches(sources['train'])), size)
+  for step in range(3):  # 3 steps in the epoch.
+    next(batches)
+    assert len(pulled) == min(step + 1 + size, 3)
+  assert next(batches, None) is None
+
+
+def test_a_pmapped_step_fed_by_prefetch_compiles_once(sources, caplog):
+  def step(state, batch):
+    return state + 1, jnp.sum(batch['image'], dtype=jnp.int32) + jnp.sum(
+        batch['label'])
+
+  p_step = jax.pmap(step, axis_name=train_state.AXIS, donate_argnums=(0,))
+  state = train_state.replicate(np.zeros((), np.int32))
+  batches = itertools.chain(local_train_batches(sources['train']),
+                            local_train_batches(sources['train']))
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    for batch in input_pipeline.prefetch_to_device(batches):
+      state, _ = p_step(state, batch)
+    jax.block_until_ready(state)
+  compiles = [r for r in caplog.records
+              if r.getMessage().startswith('Compiling')]
+  assert len(compiles) == 1, [r.getMessage() for r in compiles]
+  np.testing.assert_array_equal(state, 6)
 
 
 # The real dataset.

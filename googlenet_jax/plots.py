@@ -38,6 +38,11 @@ def write_curves(workdir: str) -> str:
     The path of the PNG.
   """
   records = read_epochs(os.path.join(workdir, 'metrics.jsonl'))
+  return _save(curves_figure(records), os.path.join(workdir, 'curves.png'))
+
+
+def curves_figure(records: Sequence[dict[str, float]]):
+  """Train loss, test loss and test accuracy against the epoch."""
   fig, ax = plt.subplots(figsize=(3.5, 2.5), dpi=100)
   epochs = [r['epoch'] for r in records]
   for name, style in zip(CURVES, ('-', 'm--', 'g-.')):
@@ -49,12 +54,18 @@ def write_curves(workdir: str) -> str:
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
   ax.grid(True)
   ax.legend()
-  return _save(fig, os.path.join(workdir, 'curves.png'))
+  return fig
 
 
 def write_confusion_matrix(matrix: Sequence[Sequence[int]],
                            class_names: Sequence[str], path: str) -> str:
-  """Draws counts of (true class, predicted class), with the count in each cell."""
+  """Draws the confusion matrix as `path`; returns the path."""
+  return _save(confusion_matrix_figure(matrix, class_names), path)
+
+
+def confusion_matrix_figure(matrix: Sequence[Sequence[int]],
+                            class_names: Sequence[str]):
+  """Counts of (true class, predicted class), darker for more, with each count."""
   matrix = np.asarray(matrix)
   fig, ax = plt.subplots(figsize=(6, 5.5), dpi=80)
   image = ax.imshow(matrix, cmap='Blues')
@@ -67,12 +78,19 @@ def write_confusion_matrix(matrix: Sequence[Sequence[int]],
     ax.text(pred, true, str(count), ha='center', va='center', fontsize=7,
             color='white' if count > matrix.max() / 2 else 'black')
   fig.colorbar(image, ax=ax)
-  return _save(fig, path)
+  return fig
 
 
 def write_predictions(images: np.ndarray, labels: Sequence[int],
                       predictions: Sequence[int], class_names: Sequence[str],
-                      path: str, num_columns: int = 9) -> str:
+                      path: str) -> str:
+  """Draws `predictions_figure` as `path`; returns the path."""
+  return _save(predictions_figure(images, labels, predictions, class_names), path)
+
+
+def predictions_figure(images: np.ndarray, labels: Sequence[int],
+                       predictions: Sequence[int], class_names: Sequence[str],
+                       num_columns: int = 9):
   """A grid of images titled 'true\\npred', as the chapter shows; mistakes in red.
 
   Args:
@@ -80,7 +98,6 @@ def write_predictions(images: np.ndarray, labels: Sequence[int],
     labels: the true classes.
     predictions: the predicted classes.
     class_names: the name of each class.
-    path: the PNG to write.
     num_columns: images per row.
   """
   num_rows = max(1, -(-len(images) // num_columns))
@@ -93,7 +110,7 @@ def write_predictions(images: np.ndarray, labels: Sequence[int],
     ax.imshow(images[i][..., 0], cmap='gray')
     ax.set_title(f'{class_names[labels[i]]}\n{class_names[predictions[i]]}',
                  fontsize=8, color='black' if labels[i] == predictions[i] else 'red')
-  return _save(fig, path)
+  return fig
 
 
 def _save(fig, path: str) -> str:

@@ -16,6 +16,7 @@ import pytest
 
 from fake_data import write_dataset
 from googlenet_jax import compilation_cache
+from googlenet_jax import train
 
 chex.set_n_cpu_devices(8)
 COMPILATION_CACHE_DIR = tempfile.mkdtemp(prefix='googlenet_jax_test_cache_')
@@ -66,3 +67,13 @@ def run_main(workdir, config, *args, num_devices=8) -> subprocess.CompletedProce
   process = start_main(workdir, config, *args, num_devices=num_devices)
   stdout, stderr = process.communicate(timeout=300)
   return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope='session')
+def trained(config, tmp_path_factory):
+  """One 2-epoch run of `config` on 8 devices, shared by the tests that only read it.
+
+  Returns its workdir and final (replicated) state; copy the workdir to change it.
+  """
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  return workdir, train.train_and_evaluate(config, workdir)

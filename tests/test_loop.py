@@ -62,12 +62,10 @@ def test_a_stop_mid_epoch_reports_the_epoch_after_the_resume(
   assert [epoch for epoch, _ in logged_epochs(tmp_path)] == [1, 2]
 
 
-def test_a_diverging_run_raises_and_closes_the_metric_writer(
-    config, tmp_path, closed_writers):
+def test_an_error_closes_the_metric_writer(config, tmp_path, closed_writers):
   diverging = config.copy_and_resolve_references()
   diverging.learning_rate = float('inf')
-  diverging.checkpoint_every_steps = 1
-  with pytest.raises(UserError, match='not finite at step 1'):
+  with pytest.raises(UserError, match='not finite'):
     train.train_and_evaluate(diverging, str(tmp_path))
   assert len(closed_writers) == 1 and closed_writers[0].closed
 

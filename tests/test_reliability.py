@@ -1,6 +1,8 @@
 """Preemption, kill-and-resume, several hosts, divergence and bad input.
 
-Runs of main.py in subprocesses, as a scheduler would start and kill them.
+Kills and preemptions run main.py in subprocesses, as a scheduler would start
+and kill them; bad input is checked in process, and main.py's one-line error
+format once for each way it reports one.
 """
 
 import os
@@ -18,7 +20,12 @@ import pytest
 
 from conftest import REPO, run_main, start_main
 from googlenet_jax import checkpoint
+from googlenet_jax import evaluate
+from googlenet_jax import input_pipeline
+from googlenet_jax import train
 from googlenet_jax import train_state
+from googlenet_jax import validation
+from googlenet_jax.errors import UserError
 
 NUM_EPOCHS = 4  # 12 steps of 16 examples: long enough to kill in the middle.
 
@@ -26,7 +33,7 @@ NUM_EPOCHS = 4  # 12 steps of 16 examples: long enough to kill in the middle.
 def final_state(config, workdir):
   """The latest checkpoint in `workdir`, as host arrays."""
   target = train_state.create_train_state(jax.random.key(0), config,
-                                    train_state.create_model(config))
+                                          train_state.create_model(config))
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
                                       read_only=True)
   return jax.device_get(checkpoint.restore(manager, target,
@@ -105,15 +112,14 @@ def test_sigterm_saves_the_current_step_and_resumes_bit_exactly(
 def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_path):
   short = long_config.copy_and_resolve_references()
   short.num_train_steps = 3
-  assert run_main(tmp_path, short).returncode == 0
+  train.train_and_evaluate(short, str(tmp_path))
   # What a kill in the middle of Orbax's write of step 4 leaves behind.
   partial = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp-1234'
   shutil.copytree(tmp_path / 'checkpoints' / '3', partial)
   for path in partial.rglob('*'):
     if path.is_file():
       path.write_bytes(path.read_bytes()[:7])
-  result = run_main(tmp_path, long_config)
-  assert result.returncode == 0, result.stderr[-3000:]
+  train.train_and_evaluate(long_config, str(tmp_path))
   resumed = final_state(long_config, tmp_path)
   chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
 
@@ -169,21 +175,23 @@ def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(config, tmp_path):
   good = config.copy_and_resolve_references()
   good.num_train_steps = 2
-  assert run_main(tmp_path, good, '--config.checkpoint_every_steps=1').returncode == 0
+  good.checkpoint_every_steps = 1
+  train.train_and_evaluate(good, str(tmp_path))
   before = final_state(config, tmp_path)
-  result = run_main(tmp_path, good, '--config.checkpoint_every_steps=1',
-                    '--config.num_train_steps=4', '--config.learning_rate=inf')
-  assert result.returncode == 1
-  assert 'Traceback' not in result.stderr
-  assert 'not finite at step 3' in result.stderr
-  assert 'last good checkpoint is step 2' in result.stderr
+  diverging = good.copy_and_resolve_references()
+  diverging.num_train_steps = 4
+  diverging.learning_rate = float('inf')
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(diverging, str(tmp_path))
+  assert 'not finite at step 3' in str(error.value)
+  assert 'last good checkpoint is step 2' in str(error.value)
   assert finished_steps(tmp_path) == [1, 2]
   chex.assert_trees_all_equal(final_state(config, tmp_path).params, before.params)
 
 
 def error_line(result) -> str:
   """The single `Error:` line of a failed run, checking there is nothing else."""
-  assert result.returncode != 0
+  assert result.returncode == 1
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
   lines = [l for l in result.stderr.splitlines() if l.startswith('Error:')]
   assert len(lines) == 1, result.stderr[-3000:]
@@ -191,18 +199,10 @@ def error_line(result) -> str:
 
 
 @pytest.mark.parametrize('args, expected', [
-    (['--config.no_such_field=1'], 'Unknown config field'),
-    (['--config.model=resnet'], 'Unknown config.model'),
-    (['--config.num_epochs=0'], 'num_epochs must be positive'),
-    (['--config.num_train_steps=0'], 'num_train_steps must be -1 or positive'),
-    (['--config.batch_size=-16'], 'batch_size must be positive'),
-    (['--config.learning_rate=0'], 'learning_rate must be positive'),
-    (['--config.model=inception_v3', '--config.image_size=32'],
-     'smallest working image size is 43'),
-    (['--config.source_dir=/nonexistent', '--config.data_dir=/tmp/gj_no_data'],
-     'apt-get install dataset-fashion-mnist'),
+    (['--config.no_such_field=1'], 'Unknown config field'),  # absl's flag parser.
+    (['--config.num_epochs=0'], 'num_epochs must be positive'),  # A UserError.
 ])
-def test_bad_config_is_one_line(config, tmp_path, args, expected):
+def test_main_reports_bad_input_in_one_line(config, tmp_path, args, expected):
   line = error_line(run_main(tmp_path, config, *args, num_devices=1))
   assert expected in line, line
 
@@ -221,44 +221,72 @@ def test_wrong_type_is_reported_by_the_flag_parser(config, tmp_path):
   assert "flag --config.batch_size=many" in result.stderr
 
 
-def test_truncated_idx_file_is_one_line(config, tmp_path):
+@pytest.mark.parametrize('overrides, expected', [
+    ({'model': 'resnet'}, "Unknown config.model 'resnet'"),
+    ({'num_epochs': 0}, 'num_epochs must be positive'),
+    ({'num_train_steps': 0}, 'num_train_steps must be -1 or positive'),
+    ({'batch_size': -16}, 'batch_size must be positive'),
+    ({'learning_rate': 0.0}, 'learning_rate must be positive'),
+    ({'model': 'inception_v3', 'image_size': 32}, 'smallest working image size is 43'),
+    ({'dtype': 'float16'}, "Unknown config.dtype 'float16'"),
+    ({'schedule': 'step'}, "Unknown config.schedule 'step'"),
+])
+def test_bad_config_is_refused_in_one_line(config, overrides, expected):
+  bad = config.copy_and_resolve_references()
+  bad.update(overrides)
+  with pytest.raises(UserError, match=expected) as error:
+    validation.check_config(bad)
+  assert '\n' not in str(error.value)
+
+
+def test_missing_data_names_the_package_to_install(config, tmp_path):
+  missing = config.copy_and_resolve_references()
+  missing.source_dir, missing.data_dir = '/nonexistent', str(tmp_path / 'tfds')
+  with pytest.raises(UserError, match='apt-get install dataset-fashion-mnist'):
+    input_pipeline.load_sources(missing)
+
+
+def test_truncated_idx_file_names_the_file(config, tmp_path):
   source = tmp_path / 'idx'
   shutil.copytree(config.source_dir, source)
   labels = source / 'train-labels-idx1-ubyte.gz'
   labels.write_bytes(labels.read_bytes()[:20])
-  line = error_line(run_main(tmp_path / 'w', config, f'--config.source_dir={source}',
-                             f'--config.data_dir={tmp_path / "tfds"}', num_devices=1))
-  assert 'train-labels-idx1-ubyte' in line
+  truncated = config.copy_and_resolve_references()
+  truncated.source_dir, truncated.data_dir = str(source), str(tmp_path / 'tfds')
+  with pytest.raises(UserError, match='train-labels-idx1-ubyte'):
+    input_pipeline.load_sources(truncated)
 
 
 @pytest.fixture(scope='module')
 def one_step_workdir(config, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('one_step')
-  result = run_main(workdir, config, '--config.num_train_steps=1', num_devices=1)
-  assert result.returncode == 0, result.stderr[-3000:]
+  one_step = config.copy_and_resolve_references()
+  one_step.num_train_steps = 1
+  train.train_and_evaluate(one_step, str(workdir))
   return workdir
 
 
 def test_checkpoint_of_another_image_size_is_refused(config, one_step_workdir):
   before = finished_steps(one_step_workdir)
-  line = error_line(run_main(one_step_workdir, config, '--config.image_size=64',
-                             num_devices=1))
-  assert 'was written for' in line and "'image_size': 32" in line
+  other_size = config.copy_and_resolve_references()
+  other_size.image_size = 64
+  with pytest.raises(UserError, match="was written for .*'image_size': 32"):
+    train.train_and_evaluate(other_size, str(one_step_workdir))
   assert finished_steps(one_step_workdir) == before
 
 
-def test_truncated_checkpoint_file_is_one_line(config, one_step_workdir, tmp_path):
+def test_truncated_checkpoint_file_is_a_user_error(config, one_step_workdir, tmp_path):
   workdir = tmp_path / 'w'
   shutil.copytree(one_step_workdir, workdir)
   for path in (workdir / 'checkpoints' / '1' / 'state').rglob('*'):
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(path.read_bytes()[:50])
-  line = error_line(run_main(workdir, config, '--mode=eval', num_devices=1))
-  assert 'Cannot read the checkpoint at step 1' in line
+  with pytest.raises(UserError, match='Cannot read the checkpoint at step 1'):
+    evaluate.evaluate_checkpoint(config, str(workdir))
 
 
-def test_unwritable_workdir_is_one_line(config, tmp_path):
+def test_unwritable_workdir_is_a_user_error(config, tmp_path):
   not_a_directory = tmp_path / 'file'
   not_a_directory.write_text('')
-  line = error_line(run_main(not_a_directory / 'workdir', config, num_devices=1))
-  assert 'Cannot write to the workdir' in line
+  with pytest.raises(UserError, match='Cannot write to the workdir'):
+    train.train_and_evaluate(config, str(not_a_directory / 'workdir'))

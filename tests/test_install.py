@@ -1,4 +1,4 @@
-"""The README's install: main.py on an old Python."""
+"""The README's install: main.py on an old Python, and .ci/run against the two commands."""
 
 import ast
 import glob
@@ -64,3 +64,31 @@ def test_main_parses_as_python_3_8():
   with open(MAIN) as f:
     ast.parse(f.read(), filename=MAIN, feature_version=(3, 8))
 
+
+def readme_commands():
+  """The README's two commands, each as its list of `&&` steps."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    section = f.read().split('## The two commands', 1)[1].split('\n## ', 1)[0]
+  commands = [line for line in section.splitlines() if line.startswith('apt-get update')]
+  assert len(commands) == 2, commands
+  return [command.split(' && ') for command in commands]
+
+
+def test_the_two_commands_set_up_a_virtual_environment():
+  train, test = readme_commands()
+  assert train[:-1] == test[:-1]
+  assert 'python3 -m venv .venv' in test
+  assert 'python3-venv' in test[1].split()
+  after_venv = test[test.index('python3 -m venv .venv') + 1:]
+  assert all(step.startswith('.venv/bin/') for step in after_venv)
+  assert train[-1].startswith('.venv/bin/python main.py ')
+  assert test[-1] == '.venv/bin/python -m pytest -q tests'
+
+
+def test_ci_runs_the_readme_test_command():
+  with open(os.path.join(REPO, '.ci/run')) as f:
+    lines = [line.strip() for line in f]
+  steps = [line for line in lines
+           if line and not line.startswith(('#', 'set ', 'cd ', 'export '))]
+  assert steps == readme_commands()[1]
+  assert 'export DEBIAN_FRONTEND=noninteractive' in lines

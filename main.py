@@ -5,8 +5,19 @@
 Every config field can be overridden, e.g. `--config.learning_rate=0.1`.
 """
 
-import logging as std_logging
 import sys
+
+# Before any import that needs a newer Python: one line, not a syntax or import error.
+# Keep this file parseable by old Pythons (3.8 and up).
+if sys.version_info < (3, 11):
+  sys.exit('Error: googlenet_jax needs Python 3.11 or newer (this is %d.%d.%d): make a '
+           'virtual environment with one, e.g. python3 -m pip install --user uv && '
+           'python3 -m uv venv --python 3.12 .venv (see the README), install '
+           'requirements.txt into it and run .venv/bin/python main.py.'
+           % tuple(sys.version_info[:3]))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import logging as std_logging
 
 from absl import app
 from absl import flags

@@ -4,7 +4,7 @@ Nesterov momentum 0.9, weight decay 5e-4 on the kernels, learning rate 0.1
 after a 1-epoch linear warmup, cosine decay to 0 over 30 epochs, label smoothing
 0.1, and light augmentation on the device: random crop after 2 pixels of zero
 padding, horizontal flips, random erasing of a quarter of the images. Meant for a
-GPU or TPU (not run yet: on a 2-core CPU it would take about 16 hours).
+GPU or TPU (add `--config.dtype=bfloat16` there).
 
   python main.py --config=configs/fmnist96_best.py --workdir=workdir/fmnist96_best
 """

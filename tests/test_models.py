@@ -1,5 +1,7 @@
 """Shapes, parameter counts and padding of the chapter's Inception and GoogLeNet."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,9 @@ from googlenet_jax.models import GoogLeNet, Inception, conv_lowering
 
 
 def init_and_capture(model, images):
-  variables = model.init(jax.random.key(0), images)
-  logits, state = model.apply(variables, images, capture_intermediates=True)
+  variables = jax.jit(model.init)(jax.random.key(0), images)
+  logits, state = jax.jit(functools.partial(model.apply, capture_intermediates=True))(
+      variables, images)
   return variables, logits, state['intermediates']
 
 
@@ -26,13 +29,17 @@ def test_inception_keeps_height_width_and_sums_channels():
 def test_inception_branches_are_relu_outputs():
   block = Inception(4, (3, 5), (2, 6), 7)
   images = jax.random.normal(jax.random.key(1), (1, 5, 5, 3))
-  out = block.apply(block.init(jax.random.key(0), images), images)
+  out = jax.jit(block.apply)(jax.jit(block.init)(jax.random.key(0), images), images)
   chex.assert_shape(out, (1, 5, 5, 22))
   assert jnp.all(out >= 0)
 
 
 def test_googlenet_block_shapes_at_96():
-  _, logits, intermediates = init_and_capture(GoogLeNet(), jnp.zeros((1, 96, 96, 1)))
+  model, images = GoogLeNet(), jnp.zeros((1, 96, 96, 1))
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  logits, state = jax.eval_shape(
+      functools.partial(model.apply, capture_intermediates=True), variables, images)
+  intermediates = state['intermediates']
   shapes = {name: intermediates[name]['__call__'][0].shape
             for name in ('b1', 'b2', 'b3', 'b4', 'b5', 'head')}
   assert shapes == {'b1': (1, 24, 24, 64), 'b2': (1, 12, 12, 192),
@@ -113,15 +120,15 @@ def test_conv_as_matmul_gives_lax_conv_and_its_gradients(kernel, stride, padding
   def matmul(x, w):
     return conv_lowering.conv_as_matmul(x, w, (stride, stride), pads, 'highest')
   chex.assert_trees_all_close(matmul(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
-  grads = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))(x, w)
+  grads = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
   chex.assert_trees_all_close(grads(matmul), grads(lax_conv), rtol=1e-4, atol=1e-4)
 
 
 def test_googlenet_gives_the_same_logits_in_both_conv_forms():
   images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 1))
-  variables = GoogLeNet().init(jax.random.key(0), images)
-  logits = {form: GoogLeNet(conv=conv_lowering.conv_module(form)).apply(variables, images)
-            for form in ('xla', 'matmul')}
+  variables = jax.jit(GoogLeNet().init)(jax.random.key(0), images)
+  logits = {form: jax.jit(GoogLeNet(conv=conv_lowering.conv_module(form)).apply)(
+      variables, images) for form in ('xla', 'matmul')}
   chex.assert_trees_all_close(logits['matmul'], logits['xla'], rtol=1e-4, atol=1e-5)
 
 

@@ -8,11 +8,13 @@ Run from the repository root (a script, not a test):
 Everything is measured in one process, so the ratios compare like with like:
 a matmul peak on this device in the config's dtype, the pmapped train step of
 `googlenet_jax.steps` on synthetic device-resident batches and on the real
-Fashion-MNIST pipeline, the pipeline alone, and the eval step. `--config.x=` overrides config fields, e.g.
+Fashion-MNIST pipeline, the pipeline alone, the training loop's own host work,
+and the eval step. `--config.x=` overrides config fields, e.g.
 `--config.dtype=bfloat16` (compute in bfloat16, params and optimizer state in
 float32) or `--config.conv_lowering=xla`.
 """
 
+import io
 import itertools
 import json
 import os
@@ -32,7 +34,10 @@ import numpy as np
 
 from googlenet_jax import compilation_cache
 from googlenet_jax import input_pipeline
+from googlenet_jax import preemption
+from googlenet_jax import progress
 from googlenet_jax import steps
+from googlenet_jax import train
 from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax.models import conv_lowering
@@ -46,6 +51,9 @@ flags.DEFINE_integer('batch_size', None,
                      'Global training batch; default: config.batch_size.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps of each kind before the timed ones.')
 flags.DEFINE_integer('steps', 5, 'Timed steps in each run.')
+flags.DEFINE_integer('host_steps', 50,
+                     'Steps of the training loop timed without device work, and '
+                     'batches of the pipeline timed alone.')
 flags.DEFINE_integer('matmul_size', 4096, 'n of the n x n x n matmul peak.')
 flags.DEFINE_bool('real_data', True, 'Also time the real Fashion-MNIST pipeline.')
 flags.DEFINE_string('json_out', '', 'Where to write the results as JSON.')
@@ -153,12 +161,67 @@ def real_batches(sources, config) -> Iterator:
         num_local_devices=jax.local_device_count())
 
 
-def pipeline_rate(batches: Iterator, batch_size: int, num_batches: int) -> float:
-  """Images/s the host input pipeline alone produces."""
+def pipeline_images_per_sec(sources, config, num_batches: int) -> float:
+  """Images/s of the host path alone: from the source to batches on the devices.
+
+  A stand-in with the signature of benchmarks/pipeline.py's function of the same
+  name; once that is merged, this def becomes
+  `from benchmarks.pipeline import pipeline_images_per_sec`.
+  """
+  batches = real_batches(sources, config)
+  next(batches)  # Opens the files.
   start = time.perf_counter()
-  for _ in itertools.islice(batches, num_batches):
-    pass
-  return num_batches * batch_size / (time.perf_counter() - start)
+  for batch in itertools.islice(batches, num_batches):
+    jax.block_until_ready(jax.device_put(batch, device_sharding()))
+  return num_batches * config.batch_size / (time.perf_counter() - start)
+
+
+def null_train_step(metrics) -> Callable:
+  """A pmapped step that only returns its state and metrics shaped as `metrics`.
+
+  `metrics` are a real step's (replicated) outputs: the loop then sums, shows
+  and checks the same arrays as in training, with no device work to wait for.
+  The metrics are ones, not zeros, so the progress bar's loss is not 0 / 0.
+  """
+  def step(state, batch):
+    del batch
+    return state, {k: jnp.ones(v.shape[1:], v.dtype) for k, v in metrics.items()}
+  return jax.pmap(step, axis_name=train_state.AXIS, donate_argnums=(0,))
+
+
+def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
+  """Milliseconds per step of `train.train_steps` itself, the device work removed.
+
+  The real loop (input, dispatch, metric sums, progress, stop and checkpoint
+  checks) runs `null_train_step` over `batches` as one epoch of --host_steps
+  steps; the save callback checks, as training's does, whether a checkpoint is
+  due, and saves nothing. Blocks on the final state and metric sums.
+  """
+  p_null_step = null_train_step(metrics)
+  num_steps = FLAGS.host_steps
+
+  def check_only(step, state, total):  # train_and_evaluate's save_if_due test.
+    del state, total
+    every = config.checkpoint_every_steps
+    return bool(every and step % every == 0 and step % num_steps and
+                step < num_steps)
+
+  def run(state, count):
+    # Not a terminal: the bar prints no line, but fetches the loss every
+    # progress.LOSS_EVERY_STEPS steps, as in a logged training run.
+    bar = progress.Progress('host', count, config.batch_size,
+                            stream=io.StringIO(), enabled=True)
+    with preemption.StopSignal() as stop:
+      state, _, total, _ = train.train_steps(
+          p_null_step, state, itertools.islice(batches, count), 0, bar, stop,
+          check_only)
+    jax.block_until_ready((state, total))
+    return state
+
+  state = run(state, 3)  # Compiles the null step and the metric sum.
+  start = time.perf_counter()
+  run(state, num_steps)
+  return 1000 * (time.perf_counter() - start) / num_steps
 
 
 def train_step_flops(config, state, batch, compiled) -> float:
@@ -212,19 +275,22 @@ def measure(config) -> dict:
   step_fns = {'train_synthetic': p_train_step}
   states = {'train_synthetic': state}
   feeds = {'train_synthetic': itertools.repeat(batch)}
+  host_feed = itertools.repeat(host_batch(config.batch_size))
   if FLAGS.real_data:
     sources = input_pipeline.load_sources(config)
     step_fns['train_real'] = p_train_step
     states['train_real'] = train_state.replicate(host_state)
     feeds['train_real'] = real_batches(sources, config)
-    results['pipeline_only'] = pipeline_rate(
-        real_batches(sources, config), config.batch_size,
-        FLAGS.warmup + FLAGS.steps)
+    host_feed = real_batches(sources, config)
+    results['pipeline_images_per_sec'] = pipeline_images_per_sec(
+        sources, config, FLAGS.host_steps)
   states, seconds = take_turns(step_fns, states, feeds, FLAGS.warmup, FLAGS.steps)
   for name in step_fns:
     results[name] = throughput(seconds[name], config.batch_size)
   results['achieved_flops_per_s'] = (
       results['flops'] * results['train_synthetic']['median'] / config.batch_size)
+  results['host_ms_per_step'] = host_ms_per_step(
+      config, train_state.replicate(host_state), metrics, host_feed)
   results['eval'] = timed_eval(steps.pmap_eval_step(config),
                                states['train_synthetic'], config.eval_batch_size)
   results['host_peak_rss_bytes'] = resource.getrusage(
@@ -246,7 +312,7 @@ def describe(config) -> dict:
                        else 'lax.conv'),
       'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
       'image_size': config.image_size, 'warmup': FLAGS.warmup,
-      'steps': FLAGS.steps,
+      'steps': FLAGS.steps, 'host_steps': FLAGS.host_steps,
       'load_average_at_start': os.getloadavg()[0],
   }
 
@@ -266,9 +332,11 @@ def format_table(info: dict, r: dict) -> str:
         ('train images/s, real data', format_rate(r['train_real'])),
         ('real / synthetic',
          f"{r['train_real']['median'] / r['train_synthetic']['median']:.3f}"),
-        ('pipeline alone images/s', f"{r['pipeline_only']:.0f}"),
+        ('pipeline to devices img/s', f"{r['pipeline_images_per_sec']:.0f}"),
     ]
   rows += [
+      # The loop with a step that does nothing: what training costs on the host.
+      ('host ms per step', f"{r['host_ms_per_step']:.2f}"),
       ('eval images/s', format_rate(r['eval'])),
       ('GFLOP per train step', f"{r['flops'] / 1e9:.1f}"),  # Padding not counted.
       ('achieved GFLOP/s', f"{r['achieved_flops_per_s'] / 1e9:.1f}"),

@@ -27,6 +27,7 @@ from googlenet_jax import compilation_cache
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
+from googlenet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('field', None, 'The config field to vary, e.g. dtype.')
@@ -48,7 +49,10 @@ def config_with(config: ml_collections.ConfigDict, field: str,
   """A checked copy of `config` with `field` set to `value`."""
   config = config.copy_and_resolve_references()
   config[field] = value
-  validation.check_config(config)
+  try:
+    validation.check_config(config)
+  except UserError as e:  # One line, not a traceback.
+    raise app.UsageError(str(e)) from e
   return config
 
 
@@ -58,6 +62,19 @@ def variant(config: ml_collections.ConfigDict):
                                          train_state.create_model(config))
   return (steps.pmap_train_step(config), train_state.replicate(state),
           itertools.repeat(benchmark.synthetic_batch(config.batch_size)))
+
+
+def format_table(rates: dict[str, dict]) -> str:
+  """Images/s of each value and its ratio to the first value's, one row each."""
+  first = next(iter(rates.values()))['median']
+  cells = {name: benchmark.format_rate(rate) for name, rate in rates.items()}
+  width = max(map(len, cells)) + 2
+  rate_width = max(len('train images/s'), *map(len, cells.values())) + 2
+  rows = [f'{"":<{width}}{"train images/s":<{rate_width}}/ first']
+  for name, rate in rates.items():
+    rows.append(f'{name:<{width}}{cells[name]:<{rate_width}}'
+                f'{rate["median"] / first:.2f}')
+  return '\n'.join(rows)
 
 
 def main(argv):
@@ -79,11 +96,7 @@ def main(argv):
                                     FLAGS.steps)
   rates = {name: benchmark.throughput(seconds[name], configs[name].batch_size)
            for name in configs}
-  first = rates[next(iter(rates))]['median']
-  width = max(map(len, configs)) + 2
-  print(f'{"":<{width}}train images/s (median, min, max)   / first')
-  for name, rate in rates.items():
-    print(f'{name:<{width}}{benchmark.format_rate(rate):<36}{rate["median"] / first:.2f}')
+  print(format_table(rates))
   print(f'batch {config.batch_size}, {config.image_size}x{config.image_size}, '
         f'{jax.devices()[0].device_kind} x{jax.local_device_count()}, load average '
         f'{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end')

@@ -27,12 +27,14 @@
 # fmnist96.metrics.jsonl, fmnist96_best.metrics.jsonl.
 #
 # The environment can shrink it (tests/test_benchmarks.py runs it on a CPU):
-#   PYTHON (python3), SOURCE_DIR (benchmarks/fashion-mnist: the IDX files),
+#   PYTHON (python3), WHEELS_DIR (benchmarks/wheels: none, none installed),
+#   SOURCE_DIR (benchmarks/fashion-mnist: the IDX files),
 #   DATA_DIR (/tmp/tensorflow_datasets), WORK_DIR (/tmp/device_check_work),
 #   DTYPES ("float32 bfloat16": the benchmarks'), BATCH_SIZES ("128 512"),
 #   WARMUP (3), STEPS (20), TRAIN_STEPS (-1: the configs' epochs),
 #   VERIFY_CHECKSUMS (true), BENCH_FLAGS (--matmul_size=8192: more benchmark
-#   flags), CONFIG_FLAGS (--config.x= overrides for every run), BUDGET_S (690).
+#   flags), CONFIG_FLAGS (--config.x= overrides for every run), BUDGET_S (690),
+#   BEST (true; false skips the optional fmnist96_best).
 # Every run shares the config's compilation cache, so training fmnist96 at
 # batch 128 in bfloat16 loads the steps that its benchmark compiled.
 set -euo pipefail
@@ -43,6 +45,7 @@ python="${PYTHON:-python3}"
 source_dir="${SOURCE_DIR:-$PWD/benchmarks/fashion-mnist}"
 data_dir="${DATA_DIR:-/tmp/tensorflow_datasets}"
 work_dir="${WORK_DIR:-/tmp/device_check_work}"
+wheels_dir="${WHEELS_DIR:-benchmarks/wheels}"
 verify_checksums="${VERIFY_CHECKSUMS:-true}"
 read -ra bench_flags <<<"${BENCH_FLAGS---matmul_size=8192}"
 read -ra config_flags <<<"${CONFIG_FLAGS:-}"
@@ -84,13 +87,13 @@ run_stage() {
 # The GPU image lacks some packages (prepare_device_check.sh); a machine that
 # has them all (the CPU test) has no wheels to install.
 shopt -s nullglob
-wheels=(benchmarks/wheels/*.whl)
+wheels=("$wheels_dir"/*.whl)
 if ((${#wheels[@]})); then
   run_stage wheels 60 "$python" -m pip install -q --no-index --no-deps \
     --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}"
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 else
-  echo "stage wheels: skipped, no benchmarks/wheels/*.whl" | tee -a "$summary"
+  echo "stage wheels: skipped, no $wheels_dir/*.whl" | tee -a "$summary"
 fi
 command -v nvidia-smi >/dev/null &&
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
@@ -157,4 +160,8 @@ else:
 EOF
 }
 train fmnist96 150
-train fmnist96_best 100000  # Whatever is left.
+if [[ "${BEST:-true}" == true ]]; then
+  train fmnist96_best 100000  # Whatever is left.
+else
+  echo "stage train_fmnist96_best: skipped, BEST=$BEST" | tee -a "$summary"
+fi

@@ -3,14 +3,18 @@
 Run from the repository root (a script, not a test):
 
   python -m benchmarks.benchmark --config=configs/fmnist96.py --batch_size=128 \
-      --dtype=float32 --warmup=2 --steps=5 --json_out=/tmp/bench.json
+      --warmup=2 --steps=5 --json_out=/tmp/bench.json
 
 Everything is measured in one process, so the ratios compare like with like:
-a matmul peak on this device, the pmapped train step of `googlenet_jax.train`
-on synthetic device-resident batches and on the real Fashion-MNIST pipeline,
-the pipeline alone, and the eval step. `--config.x=` overrides config fields.
+a matmul peak on this device in the config's dtype, the pmapped train step of
+`googlenet_jax.steps` on synthetic device-resident batches and on the real
+Fashion-MNIST pipeline, the pipeline alone, the training loop's own host work,
+and the eval step. `--config.x=` overrides config fields, e.g.
+`--config.dtype=bfloat16` (compute in bfloat16, params and optimizer state in
+float32) or `--config.conv_lowering=xla`.
 """
 
+import io
 import itertools
 import json
 import os
@@ -28,8 +32,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 import numpy as np
 
+from googlenet_jax import compilation_cache
 from googlenet_jax import input_pipeline
+from googlenet_jax import preemption
+from googlenet_jax import progress
+from googlenet_jax import steps
 from googlenet_jax import train
+from googlenet_jax import train_state
+from googlenet_jax import validation
 from googlenet_jax.models import conv_lowering
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs',
@@ -39,37 +49,17 @@ config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG,
                                 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_integer('batch_size', None,
                      'Global training batch; default: config.batch_size.')
-flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                  'Compute dtype; params and optimizer state stay float32.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps of each kind before the timed ones.')
 flags.DEFINE_integer('steps', 5, 'Timed steps in each run.')
+flags.DEFINE_integer('host_steps', 50,
+                     'Steps of the training loop timed without device work, and '
+                     'batches of the pipeline timed alone.')
 flags.DEFINE_integer('matmul_size', 4096, 'n of the n x n x n matmul peak.')
 flags.DEFINE_bool('real_data', True, 'Also time the real Fashion-MNIST pipeline.')
 flags.DEFINE_string('json_out', '', 'Where to write the results as JSON.')
 # Host (numpy) and device-resident batches each compile the step once.
 flags.register_validator('warmup', lambda n: n >= 1,
                          '--warmup must be at least 1: the first steps compile.')
-
-
-def with_compute_dtype(state, dtype):
-  """`state` whose apply_fn computes in `dtype` and returns float32.
-
-  Float inputs and variables are cast to `dtype` inside the differentiated
-  function, so gradients, params and optimizer state stay float32 (mixed
-  precision); float outputs (logits, any updated statistics) come back float32.
-  """
-  apply_fn = state.apply_fn
-
-  def cast(tree, to):
-    return jax.tree.map(
-        lambda x: x.astype(to) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-        tree)
-
-  def cast_apply(variables, images, **kwargs):
-    outputs = apply_fn(cast(variables, dtype), cast(images, dtype), **kwargs)
-    return cast(outputs, jnp.float32)
-
-  return state.replace(apply_fn=cast_apply)
 
 
 def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
@@ -85,8 +75,14 @@ def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
   return 2 * n**3 / statistics.median(times)
 
 
-def synthetic_batch(batch_size: int, with_mask: bool = False):
-  """Random uint8 images and labels in pmap's layout, already on the devices."""
+def device_sharding() -> NamedSharding:
+  """pmap's layout: the leading axis split over the local devices."""
+  return NamedSharding(Mesh(jax.local_devices(), (train_state.AXIS,)),
+                       PartitionSpec(train_state.AXIS))
+
+
+def host_batch(batch_size: int, with_mask: bool = False) -> dict[str, np.ndarray]:
+  """Random uint8 images and labels in numpy, in pmap's layout."""
   num_devices = jax.local_device_count()
   rng = np.random.default_rng(0)
   batch = {
@@ -97,51 +93,39 @@ def synthetic_batch(batch_size: int, with_mask: bool = False):
   }
   if with_mask:
     batch['mask'] = np.ones(batch['label'].shape, bool)
-  sharding = NamedSharding(Mesh(jax.local_devices(), (train.AXIS,)),
-                           PartitionSpec(train.AXIS))
-  return jax.device_put(batch, sharding)
+  return batch
 
 
-def timed_steps(step: Callable, state, feeds: dict[str, Iterator],
-                batch_size: int):
-  """Warm-up, then timed steps that take turns over `feeds` (name -> batches).
+def synthetic_batch(batch_size: int, with_mask: bool = False):
+  """`host_batch`, already on the devices."""
+  return jax.device_put(host_batch(batch_size, with_mask), device_sharding())
 
-  Taking turns step by step makes a busy, shared machine slow every feed
-  alike, so their ratio holds. Each step reads its feed's next batch while it
-  runs, as the training loop does.
+
+def take_turns(step_fns: dict[str, Callable], states: dict,
+               feeds: dict[str, Iterator], warmup: int,
+               num_steps: int) -> tuple[dict, dict[str, list[float]]]:
+  """Warm-up, then timed steps of every run in turn, one step each per round.
+
+  Run `name` calls step_fns[name](state, batch) -> (state, outputs) on
+  states[name] and the batches of feeds[name]. Taking turns step by step makes
+  a busy, shared machine slow every run alike, so their ratios hold. Each step
+  reads its run's next batch while it runs, as the training loop does.
 
   Returns:
-    (state, {name: images/s stats}).
+    (the runs' final states, {name: seconds of each timed step}).
   """
-  next_batch = {name: next(batches) for name, batches in feeds.items()}
-  durations = {name: [] for name in feeds}
-  for i in range(FLAGS.warmup + FLAGS.steps):
-    for name, batches in feeds.items():
+  states = dict(states)
+  batches = {name: next(feed) for name, feed in feeds.items()}
+  seconds = {name: [] for name in step_fns}
+  for i in range(warmup + num_steps):
+    for name, step_fn in step_fns.items():
       start = time.perf_counter()
-      state, metrics = step(state, next_batch[name])
-      next_batch[name] = next(batches)
-      jax.block_until_ready(metrics)
-      if i >= FLAGS.warmup:
-        durations[name].append(time.perf_counter() - start)
-  return state, {name: throughput(d, batch_size) for name, d in durations.items()}
-
-
-def alternate_steps(steps: dict[str, Callable], states: dict, batch,
-                    batch_size: int) -> dict[str, dict[str, float]]:
-  """Warm-up, then timed steps of every variant (name -> step, state) in turn.
-
-  Taking turns step by step makes a busy machine slow every variant alike.
-  `states` is updated in place; returns {name: images/s stats}.
-  """
-  durations = {name: [] for name in steps}
-  for i in range(FLAGS.warmup + FLAGS.steps):
-    for name, step in steps.items():
-      start = time.perf_counter()
-      states[name], metrics = step(states[name], batch)
-      jax.block_until_ready(metrics)
-      if i >= FLAGS.warmup:
-        durations[name].append(time.perf_counter() - start)
-  return {name: throughput(d, batch_size) for name, d in durations.items()}
+      states[name], outputs = step_fn(states[name], batches[name])
+      batches[name] = next(feeds[name])
+      jax.block_until_ready((states[name], outputs))
+      if i >= warmup:
+        seconds[name].append(time.perf_counter() - start)
+  return states, seconds
 
 
 def config_from_flags():
@@ -152,54 +136,107 @@ def config_from_flags():
   return config
 
 
-def throughput(durations: list[float], batch_size: int) -> dict[str, float]:
+def throughput(seconds: list[float], batch_size: int) -> dict[str, float]:
   """Median, min and max images/s over per-step durations."""
-  rates = [batch_size / d for d in durations]
+  rates = [batch_size / s for s in seconds]
   return {'median': statistics.median(rates), 'min': min(rates),
           'max': max(rates), 'steps': len(rates)}
 
 
 def timed_eval(p_eval_step, state, batch_size: int) -> dict[str, float]:
   """Images/s of the eval step on a device-resident batch, after warm-up."""
-  feeds = {'eval': itertools.repeat(synthetic_batch(batch_size, with_mask=True))}
-  _, stats = timed_steps(lambda s, b: (s, p_eval_step(s, b)), state, feeds,
-                         batch_size)
-  return stats['eval']
+  feed = itertools.repeat(synthetic_batch(batch_size, with_mask=True))
+  _, seconds = take_turns({'eval': lambda s, b: (s, p_eval_step(s, b))},
+                          {'eval': state}, {'eval': feed}, FLAGS.warmup,
+                          FLAGS.steps)
+  return throughput(seconds['eval'], batch_size)
 
 
-def pipeline_rate(batches: Iterator, batch_size: int, num_batches: int) -> float:
-  """Images/s the host input pipeline alone produces."""
+def real_batches(sources, config) -> Iterator:
+  """The training loop's batches, epoch after epoch, without end."""
+  for epoch in itertools.count():
+    yield from input_pipeline.train_batches(
+        sources['train'], global_batch_size=config.batch_size, seed=config.seed,
+        epoch=epoch, process_index=0, process_count=1,
+        num_local_devices=jax.local_device_count())
+
+
+def pipeline_images_per_sec(sources, config, num_batches: int) -> float:
+  """Images/s of the host path alone: from the source to batches on the devices.
+
+  A stand-in with the signature of benchmarks/pipeline.py's function of the same
+  name; once that is merged, this def becomes
+  `from benchmarks.pipeline import pipeline_images_per_sec`.
+  """
+  batches = real_batches(sources, config)
+  next(batches)  # Opens the files.
   start = time.perf_counter()
-  for _ in itertools.islice(batches, num_batches):
-    pass
-  return num_batches * batch_size / (time.perf_counter() - start)
+  for batch in itertools.islice(batches, num_batches):
+    jax.block_until_ready(jax.device_put(batch, device_sharding()))
+  return num_batches * config.batch_size / (time.perf_counter() - start)
 
 
-def real_batches(sources, config, epoch: int) -> Iterator:
-  """The training loop's batches of one epoch."""
-  return input_pipeline.train_batches(
-      sources['train'], global_batch_size=config.batch_size, seed=config.seed,
-      epoch=epoch, process_index=0, process_count=1,
-      num_local_devices=jax.local_device_count())
+def null_train_step(metrics) -> Callable:
+  """A pmapped step that only returns its state and metrics shaped as `metrics`.
+
+  `metrics` are a real step's (replicated) outputs: the loop then sums, shows
+  and checks the same arrays as in training, with no device work to wait for.
+  The metrics are ones, not zeros, so the progress bar's loss is not 0 / 0.
+  """
+  def step(state, batch):
+    del batch
+    return state, {k: jnp.ones(v.shape[1:], v.dtype) for k, v in metrics.items()}
+  return jax.pmap(step, axis_name=train_state.AXIS, donate_argnums=(0,))
 
 
-def compile_train_step(p_train_step, state, batch) -> float:
-  """Compiles the step (cached for the real calls); returns the seconds it took."""
+def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
+  """Milliseconds per step of `train.train_steps` itself, the device work removed.
+
+  The real loop (input, dispatch, metric sums, progress, stop and checkpoint
+  checks) runs `null_train_step` over `batches` as one epoch of --host_steps
+  steps; the save callback checks, as training's does, whether a checkpoint is
+  due, and saves nothing. Blocks on the final state and metric sums.
+  """
+  p_null_step = null_train_step(metrics)
+  num_steps = FLAGS.host_steps
+
+  def check_only(step, state, total):  # train_and_evaluate's save_if_due test.
+    del state, total
+    every = config.checkpoint_every_steps
+    return bool(every and step % every == 0 and step % num_steps and
+                step < num_steps)
+
+  def run(state, count):
+    # Not a terminal: the bar prints no line, but fetches the loss every
+    # progress.LOSS_EVERY_STEPS steps, as in a logged training run.
+    bar = progress.Progress('host', count, config.batch_size,
+                            stream=io.StringIO(), enabled=True)
+    with preemption.StopSignal() as stop:
+      state, _, total, _ = train.train_steps(
+          p_null_step, state, itertools.islice(batches, count), 0, bar, stop,
+          check_only)
+    jax.block_until_ready((state, total))
+    return state
+
+  state = run(state, 3)  # Compiles the null step and the metric sum.
   start = time.perf_counter()
-  p_train_step.lower(state, batch).compile()
-  return time.perf_counter() - start
+  run(state, num_steps)
+  return 1000 * (time.perf_counter() - start) / num_steps
 
 
-def train_step_flops(config, state, batch) -> float:
+def train_step_flops(config, state, batch, compiled) -> float:
   """XLA's FLOPs of the global train step, its convolutions counted as convolutions.
 
   The matmul form of the convolutions (config.conv_lowering, on a CPU) also
   multiplies the zero padding; counting the convolution form keeps FLOP/s
-  comparable across forms, devices and with PyTorch.
+  comparable across forms, devices and with PyTorch. `compiled` is the step as
+  it runs, counted as it is when it already takes the convolution form.
   """
-  with conv_lowering.using('xla'):
-    p_train_step, _ = train.pmap_steps(config)
-    return global_flops(p_train_step.lower(state, batch).compile())
+  if not conv_lowering.uses_matmuls(config.conv_lowering):
+    return global_flops(compiled)
+  state = state.replace(
+      apply_fn=train_state.create_model(config, conv_form='xla').apply)
+  return global_flops(steps.pmap_train_step(config).lower(state, batch).compile())
 
 
 def global_flops(compiled) -> float:
@@ -218,33 +255,44 @@ def device_peak_memory() -> int | None:
 
 def measure(config) -> dict:
   """Every measurement, in one process, in the order of the table."""
-  dtype = jnp.dtype(FLAGS.dtype)
-  results = {'matmul_peak_flops': matmul_peak(FLAGS.matmul_size, dtype)}
-  model = train.create_model(config)
-  state = train.create_train_state(jax.random.key(config.seed), config, model)
-  state = train.replicate(with_compute_dtype(state, dtype))
-  p_train_step, p_eval_step = train.pmap_steps(config)
+  results = {'matmul_peak_flops': matmul_peak(FLAGS.matmul_size,
+                                              jnp.dtype(config.dtype))}
+  host_state = train_state.create_train_state(
+      jax.random.key(config.seed), config, train_state.create_model(config))
+  p_train_step = steps.pmap_train_step(config)
   batch = synthetic_batch(config.batch_size)
+  state = train_state.replicate(host_state)
 
   start = time.perf_counter()
-  results['compile_s'] = compile_train_step(p_train_step, state, batch)
+  compiled = p_train_step.lower(state, batch).compile()  # Kept for the calls.
+  results['compile_s'] = time.perf_counter() - start
   state, metrics = p_train_step(state, batch)
   jax.block_until_ready(metrics)
   results['time_to_first_step_s'] = time.perf_counter() - start
-  results['flops'] = train_step_flops(config, state, batch)
+  results['flops'] = train_step_flops(config, state, batch, compiled)
 
+  # The state is donated to each step: every run takes its own copy.
+  step_fns = {'train_synthetic': p_train_step}
+  states = {'train_synthetic': state}
   feeds = {'train_synthetic': itertools.repeat(batch)}
+  host_feed = itertools.repeat(host_batch(config.batch_size))
   if FLAGS.real_data:
     sources = input_pipeline.load_sources(config)
-    feeds['train_real'] = real_batches(sources, config, epoch=0)
-    results['pipeline_only'] = pipeline_rate(
-        real_batches(sources, config, epoch=1), config.batch_size,
-        FLAGS.warmup + FLAGS.steps)
-  state, stats = timed_steps(p_train_step, state, feeds, config.batch_size)
-  results.update(stats)
+    step_fns['train_real'] = p_train_step
+    states['train_real'] = train_state.replicate(host_state)
+    feeds['train_real'] = real_batches(sources, config)
+    host_feed = real_batches(sources, config)
+    results['pipeline_images_per_sec'] = pipeline_images_per_sec(
+        sources, config, FLAGS.host_steps)
+  states, seconds = take_turns(step_fns, states, feeds, FLAGS.warmup, FLAGS.steps)
+  for name in step_fns:
+    results[name] = throughput(seconds[name], config.batch_size)
   results['achieved_flops_per_s'] = (
       results['flops'] * results['train_synthetic']['median'] / config.batch_size)
-  results['eval'] = timed_eval(p_eval_step, state, config.eval_batch_size)
+  results['host_ms_per_step'] = host_ms_per_step(
+      config, train_state.replicate(host_state), metrics, host_feed)
+  results['eval'] = timed_eval(steps.pmap_eval_step(config),
+                               states['train_synthetic'], config.eval_batch_size)
   results['host_peak_rss_bytes'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss * 1024
   results['device_peak_bytes'] = device_peak_memory()
@@ -259,11 +307,13 @@ def describe(config) -> dict:
       'device': str(jax.local_devices()[0].device_kind),
       'num_devices': jax.local_device_count(), 'host': platform.node(),
       'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'dtype': FLAGS.dtype,
-      'convolutions': 'matmuls' if conv_lowering.wants_matmul_form() else 'lax.conv',
+      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'dtype': config.dtype,
+      'convolutions': ('matmuls' if conv_lowering.uses_matmuls(config.conv_lowering)
+                       else 'lax.conv'),
       'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
       'image_size': config.image_size, 'warmup': FLAGS.warmup,
-      'steps': FLAGS.steps, 'load_average_at_start': os.getloadavg()[0],
+      'steps': FLAGS.steps, 'host_steps': FLAGS.host_steps,
+      'load_average_at_start': os.getloadavg()[0],
   }
 
 
@@ -282,9 +332,11 @@ def format_table(info: dict, r: dict) -> str:
         ('train images/s, real data', format_rate(r['train_real'])),
         ('real / synthetic',
          f"{r['train_real']['median'] / r['train_synthetic']['median']:.3f}"),
-        ('pipeline alone images/s', f"{r['pipeline_only']:.0f}"),
+        ('pipeline to devices img/s', f"{r['pipeline_images_per_sec']:.0f}"),
     ]
   rows += [
+      # The loop with a step that does nothing: what training costs on the host.
+      ('host ms per step', f"{r['host_ms_per_step']:.2f}"),
       ('eval images/s', format_rate(r['eval'])),
       ('GFLOP per train step', f"{r['flops'] / 1e9:.1f}"),  # Padding not counted.
       ('achieved GFLOP/s', f"{r['achieved_flops_per_s'] / 1e9:.1f}"),
@@ -311,7 +363,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = config_from_flags()
-  train.check_config(config)
+  validation.check_config(config)
+  compilation_cache.enable(config.compilation_cache_dir)
   info = describe(config)
   results = measure(config)
   print(format_table(info, results))

@@ -20,7 +20,7 @@ warmup="${WARMUP:-2}"
 steps="${STEPS:-5}"
 mkdir -p "$out_dir"
 
-python -m benchmarks.benchmark --batch_size="$batch_size" \
+python -m benchmarks.benchmark --config.dtype=float32 --batch_size="$batch_size" \
   --config.image_size="$image_size" --warmup="$warmup" --steps="$steps" \
   --noreal_data --json_out="$out_dir/jax.json"
 flops=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['results']['flops'])" \

@@ -9,7 +9,9 @@
 # puts Python 3.12 wheels of those (and of tfds's dependencies that the image
 # lacks) in benchmarks/wheels/ and the four IDX files in benchmarks/fashion-mnist/;
 # both are git-ignored and travel with the working tree when the run names them
-# in `carry` (about 40 MB together).
+# in `carry` (about 40 MB together). The wheels are requirements.txt's pins and,
+# for tfds's dependencies, the versions those pins installed with; jax, flax,
+# optax and orbax stay the image's own, whose versions summary.txt records.
 set -euo pipefail
 cd "$(dirname "$0")"
 

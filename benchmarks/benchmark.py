@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 import numpy as np
 
+from benchmarks import pipeline
 from googlenet_jax import compilation_cache
 from googlenet_jax import input_pipeline
 from googlenet_jax import preemption
@@ -40,6 +41,7 @@ from googlenet_jax import steps
 from googlenet_jax import train
 from googlenet_jax import train_state
 from googlenet_jax import validation
+from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs',
@@ -152,30 +154,6 @@ def timed_eval(p_eval_step, state, batch_size: int) -> dict[str, float]:
   return throughput(seconds['eval'], batch_size)
 
 
-def real_batches(sources, config) -> Iterator:
-  """The training loop's batches, epoch after epoch, without end."""
-  for epoch in itertools.count():
-    yield from input_pipeline.train_batches(
-        sources['train'], global_batch_size=config.batch_size, seed=config.seed,
-        epoch=epoch, process_index=0, process_count=1,
-        num_local_devices=jax.local_device_count())
-
-
-def pipeline_images_per_sec(sources, config, num_batches: int) -> float:
-  """Images/s of the host path alone: from the source to batches on the devices.
-
-  A stand-in with the signature of benchmarks/pipeline.py's function of the same
-  name; once that is merged, this def becomes
-  `from benchmarks.pipeline import pipeline_images_per_sec`.
-  """
-  batches = real_batches(sources, config)
-  next(batches)  # Opens the files.
-  start = time.perf_counter()
-  for batch in itertools.islice(batches, num_batches):
-    jax.block_until_ready(jax.device_put(batch, device_sharding()))
-  return num_batches * config.batch_size / (time.perf_counter() - start)
-
-
 def null_train_step(metrics) -> Callable:
   """A pmapped step that only returns its state and metrics shaped as `metrics`.
 
@@ -200,11 +178,9 @@ def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
   p_null_step = null_train_step(metrics)
   num_steps = FLAGS.host_steps
 
-  def check_only(step, state, total):  # train_and_evaluate's save_if_due test.
+  def check_only(step, state, total):  # Training's test, without the save.
     del state, total
-    every = config.checkpoint_every_steps
-    return bool(every and step % every == 0 and step % num_steps and
-                step < num_steps)
+    train.checkpoint_due(config, step, steps_per_epoch=num_steps, num_steps=num_steps)
 
   def run(state, count):
     # Not a terminal: the bar prints no line, but fetches the loss every
@@ -213,8 +189,9 @@ def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
                             stream=io.StringIO(), enabled=True)
     with preemption.StopSignal() as stop:
       state, _, total, _ = train.train_steps(
-          p_null_step, state, itertools.islice(batches, count), 0, bar, stop,
-          check_only)
+          p_null_step, state,
+          input_pipeline.prefetch_to_device(itertools.islice(batches, count)), 0,
+          bar, stop, check_only)
     jax.block_until_ready((state, total))
     return state
 
@@ -280,9 +257,11 @@ def measure(config) -> dict:
     sources = input_pipeline.load_sources(config)
     step_fns['train_real'] = p_train_step
     states['train_real'] = train_state.replicate(host_state)
-    feeds['train_real'] = real_batches(sources, config)
-    host_feed = real_batches(sources, config)
-    results['pipeline_images_per_sec'] = pipeline_images_per_sec(
+    # As the training loop feeds its steps: prefetched to the devices.
+    feeds['train_real'] = input_pipeline.prefetch_to_device(
+        pipeline.train_batches(sources['train'], config))
+    host_feed = pipeline.train_batches(sources['train'], config)
+    results['pipeline_images_per_sec'] = pipeline.pipeline_images_per_sec(
         sources, config, FLAGS.host_steps)
   states, seconds = take_turns(step_fns, states, feeds, FLAGS.warmup, FLAGS.steps)
   for name in step_fns:
@@ -363,7 +342,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = config_from_flags()
-  validation.check_config(config)
+  try:
+    validation.check_config(config)
+  except UserError as e:  # One line, not a traceback.
+    raise app.UsageError(str(e)) from e
   compilation_cache.enable(config.compilation_cache_dir)
   info = describe(config)
   results = measure(config)

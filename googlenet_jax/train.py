@@ -59,6 +59,17 @@ def save_checkpoint(manager, state: train_state.TrainState,
   checkpoint.save(manager, host_state, checkpoint.meta(config))
 
 
+def checkpoint_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
+                   num_steps: int) -> bool:
+  """Whether `config.checkpoint_every_steps` asks for a checkpoint after `step`.
+
+  Epoch ends and the run's end are saved anyway, so they never count here.
+  """
+  every = config.checkpoint_every_steps
+  return bool(every and step % every == 0 and step % steps_per_epoch
+              and step < num_steps)
+
+
 def restore_or_create(config: ml_collections.ConfigDict, manager,
                       steps_per_epoch: int) -> train_state.TrainState:
   """The latest checkpoint's state if there is one, else a new one; on the host."""
@@ -128,8 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   p_eval_step = steps.pmap_eval_step(config)
 
   def save_if_due(step, state, total):
-    every = config.checkpoint_every_steps
-    if every and step % every == 0 and step % steps_per_epoch and step < num_steps:
+    if checkpoint_due(config, step, steps_per_epoch, num_steps):
       save_checkpoint(manager, state, config, evaluate.fetch_metrics(total)['loss'])
 
   with (MetricWriter(workdir, active=jax.process_index() == 0) as writer,

@@ -19,7 +19,10 @@ from googlenet_jax import compilation_cache
 from googlenet_jax import train
 
 chex.set_n_cpu_devices(8)
-COMPILATION_CACHE_DIR = tempfile.mkdtemp(prefix='googlenet_jax_test_cache_')
+# One cache for the session: pytest-xdist's workers inherit the variable from
+# the process that starts them, which sets it first.
+COMPILATION_CACHE_DIR = os.environ.setdefault(
+    'GOOGLENET_JAX_TEST_CACHE', tempfile.mkdtemp(prefix='googlenet_jax_test_cache_'))
 compilation_cache.enable(COMPILATION_CACHE_DIR)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

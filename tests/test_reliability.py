@@ -78,6 +78,7 @@ def uninterrupted(long_config, tmp_path_factory):
   return final_state(long_config, workdir)
 
 
+@pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
 def test_runs_killed_twice_resume_bit_exactly(long_config, uninterrupted, tmp_path):
   every_step = '--config.checkpoint_every_steps=1'
   for kill_after in (2, 7):
@@ -91,6 +92,7 @@ def test_runs_killed_twice_resume_bit_exactly(long_config, uninterrupted, tmp_pa
   chex.assert_trees_all_equal(resumed.opt_state, uninterrupted.opt_state)
 
 
+@pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
 def test_sigterm_saves_the_current_step_and_resumes_bit_exactly(
     long_config, uninterrupted, tmp_path):
   process = start_main(tmp_path, long_config)  # Checkpoints only at epoch ends.
@@ -109,6 +111,7 @@ def test_sigterm_saves_the_current_step_and_resumes_bit_exactly(
   chex.assert_trees_all_equal(resumed.opt_state, uninterrupted.opt_state)
 
 
+@pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
 def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_path):
   short = long_config.copy_and_resolve_references()
   short.num_train_steps = 3

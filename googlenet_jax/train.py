@@ -154,18 +154,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           epoch=epoch, process_index=jax.process_index(),
           process_count=jax.process_count(),
           num_local_devices=jax.local_device_count(), start_step=step_in_epoch)
-      bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
-      start_time = time.perf_counter()
       batches = input_pipeline.prefetch_to_device(
           itertools.islice(batches, epoch_end - step))
+      bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
+      start_time = time.perf_counter()
       state, step, total, stopped = train_steps(p_train_step, state, batches, step,
                                                 bar, stop, save_if_due)
       bar.close()
       train = evaluate.fetch_metrics(total)
+      images_per_sec = train['count'] / (time.perf_counter() - start_time)
       save_checkpoint(manager, state, config, train['loss'])
       if step < epoch_end:  # Stopped mid-epoch: the epoch is reported when it ends.
         break
-      images_per_sec = train['count'] / (time.perf_counter() - start_time)
       test = evaluate.evaluate(p_eval_step, state, sources['test'], config)
       report_epoch(writer, config, workdir, step, epoch, steps_per_epoch, train, test,
                    images_per_sec)

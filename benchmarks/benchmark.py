@@ -28,7 +28,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 import numpy as np
 
@@ -77,12 +76,6 @@ def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
   return 2 * n**3 / statistics.median(times)
 
 
-def device_sharding() -> NamedSharding:
-  """pmap's layout: the leading axis split over the local devices."""
-  return NamedSharding(Mesh(jax.local_devices(), (train_state.AXIS,)),
-                       PartitionSpec(train_state.AXIS))
-
-
 def host_batch(batch_size: int, with_mask: bool = False) -> dict[str, np.ndarray]:
   """Random uint8 images and labels in numpy, in pmap's layout."""
   num_devices = jax.local_device_count()
@@ -100,7 +93,7 @@ def host_batch(batch_size: int, with_mask: bool = False) -> dict[str, np.ndarray
 
 def synthetic_batch(batch_size: int, with_mask: bool = False):
   """`host_batch`, already on the devices."""
-  return jax.device_put(host_batch(batch_size, with_mask), device_sharding())
+  return jax.device_put(host_batch(batch_size, with_mask), train_state.device_sharding())
 
 
 def take_turns(step_fns: dict[str, Callable], states: dict,

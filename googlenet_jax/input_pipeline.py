@@ -18,12 +18,11 @@ import itertools
 
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
 from googlenet_jax import errors
+from googlenet_jax import train_state
 from googlenet_jax.data import fashion_mnist
-from googlenet_jax.train_state import AXIS
 from googlenet_jax.validation import check_batch_size
 
 CLASS_NAMES = fashion_mnist.CLASS_NAMES
@@ -203,7 +202,7 @@ def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
   Yields:
     Each batch of `batches`, in order, its numpy arrays now jax.Arrays.
   """
-  sharding = NamedSharding(Mesh(jax.local_devices(), (AXIS,)), PartitionSpec(AXIS))
+  sharding = train_state.device_sharding()
 
   def put(batch):
     return jax.tree.map(lambda x: jax.make_array_from_callback(

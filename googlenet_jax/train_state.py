@@ -94,6 +94,11 @@ def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
       tx=create_optimizer(config, steps_per_epoch))
 
 
+def device_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding:
+  """pmap's layout: the leading axis split over the local devices (or `devices`)."""
+  return NamedSharding(Mesh(devices or jax.local_devices(), (AXIS,)), PartitionSpec(AXIS))
+
+
 def replicate(tree, devices: Sequence[jax.Device] | None = None):
   """Copies `tree` to every local device (or `devices`), laid out as pmap's outputs.
 
@@ -101,7 +106,7 @@ def replicate(tree, devices: Sequence[jax.Device] | None = None):
   second step compile the train step a second time.
   """
   devices = devices or jax.local_devices()
-  sharding = NamedSharding(Mesh(devices, (AXIS,)), PartitionSpec(AXIS))
+  sharding = device_sharding(devices)
   def put(x):
     x = np.asarray(x)
     return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)

@@ -27,29 +27,33 @@ def count_params(tree) -> int:
 
 
 def xla_flops(fn, *args) -> float:
-  """FLOPs of `fn(*args)` according to XLA's cost analysis of the compiled function.
+  """FLOPs of `fn(*args)` according to XLA's cost analysis of the lowered function.
 
-  Give it models in the 'xla' convolution form: convolutions are then counted
-  as convolutions, which skips the multiply-adds on padding.
+  `args` may be `jax.ShapeDtypeStruct`s: nothing is compiled or computed. Give
+  it models in the 'xla' convolution form: convolutions are then counted as
+  convolutions, which skips the multiply-adds on padding.
   """
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  cost = jax.jit(fn).lower(*args).cost_analysis()
   return float(cost.get('flops', 0.0))
 
 
-def block_stats(model, image_size: int, rng=None) -> list[BlockStats]:
-  """One BlockStats per top-level block of `model`, in call order, for one image."""
-  images = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
-  variables = model.init(rng if rng is not None else jax.random.key(0), images)
-  _, state = model.apply(variables, images, capture_intermediates=True)
-  blocks = {k: v['__call__'][0] for k, v in state['intermediates'].items()
+def block_stats(model, image_size: int) -> list[BlockStats]:
+  """One BlockStats per top-level block of `model`, in call order, for one image.
+
+  From shapes only (`jax.eval_shape`) and XLA's cost analysis: nothing runs.
+  """
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
+  init = functools.partial(model.init_with_output, capture_intermediates=True)
+  _, variables = jax.eval_shape(init, jax.random.key(0), images)
+  blocks = {k: v['__call__'][0] for k, v in variables.pop('intermediates').items()
             if k != '__call__'}
   stats, inputs = [], images
   for name, output in blocks.items():
-    apply_block = lambda x, name=name: model.apply(
+    apply_block = lambda variables, x, name=name: model.apply(
         variables, x, method=lambda module, x: getattr(module, name)(x))
     stats.append(BlockStats(name, output.shape,
                             count_params(variables['params'].get(name, {})),
-                            xla_flops(apply_block, inputs)))
+                            xla_flops(apply_block, variables, inputs)))
     inputs = output
   return stats
 

@@ -29,13 +29,14 @@ class TrainState(train_state.TrainState):
 def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None):
   """The model named by `config.model`, computing in `config.dtype`.
 
-  Its convolutions take `conv_form` (default `config.conv_lowering`); parameters
-  are float32 in every form and dtype, so checkpoints do not depend on either.
+  Its convolutions and max-pools take `conv_form` (default `config.conv_lowering`);
+  parameters are float32 in every form and dtype, so checkpoints do not depend
+  on either.
   """
+  form = conv_form or config.conv_lowering
   return models.MODELS[config.model](
-      num_classes=config.num_classes,
-      conv=conv_lowering.conv_module(conv_form or config.conv_lowering),
-      dtype=jnp.dtype(config.dtype))
+      num_classes=config.num_classes, conv=conv_lowering.conv_module(form),
+      max_pool=conv_lowering.max_pool(form), dtype=jnp.dtype(config.dtype))
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,12 +130,39 @@ def test_conv_as_matmul_gives_lax_conv_and_its_gradients(kernel, stride, padding
   chex.assert_trees_all_close(grads(matmul), grads(lax_conv), rtol=1e-4, atol=1e-4)
 
 
-def test_googlenet_gives_the_same_logits_in_both_conv_forms():
+POOL_CASES = [  # (window, stride, padding): GoogLeNet's pools and Inception-v3's.
+    (3, 1, 1), (3, 2, 1), (3, 2, 0)]
+
+
+@pytest.mark.parametrize('window, stride, padding', POOL_CASES)
+def test_masked_max_pool_gives_max_pool_and_its_gradient(window, stride, padding):
+  # ReLU outputs on a coarse grid, as the networks' pools see: many windows
+  # hold their maximum twice or more (0 above all), where the gradient must
+  # still go to the first one only.
+  x = jnp.round(4 * jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 13, 13, 3)))) / 4
+  args = ((window, window), (stride, stride), ((padding, padding),) * 2)
+  pooled = nn.max_pool(x, *args)
+  padded = jnp.pad(x, ((0, 0), *args[2], (0, 0)), constant_values=-jnp.inf)
+  maxima = sum(view == pooled for _, view in conv_lowering.windows(padded, *args[:2]))
+  assert jnp.sum(maxima > 1) > 20
+  chex.assert_trees_all_equal(conv_lowering.masked_max_pool(x, *args), pooled)
+  g = jax.random.normal(jax.random.key(1), pooled.shape)
+  grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x, *args) * g)))(x)
+  chex.assert_trees_all_close(grad(conv_lowering.masked_max_pool), grad(nn.max_pool),
+                              atol=1e-6)
+
+
+def test_googlenet_gives_the_same_logits_and_gradients_in_both_forms():
   images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 1))
   variables = jax.jit(GoogLeNet().init)(jax.random.key(0), images)
-  logits = {form: jax.jit(GoogLeNet(conv=conv_lowering.conv_module(form)).apply)(
-      variables, images) for form in ('xla', 'matmul')}
-  chex.assert_trees_all_close(logits['matmul'], logits['xla'], rtol=1e-4, atol=1e-5)
+  def logits_and_grads(form):
+    model = GoogLeNet(conv=conv_lowering.conv_module(form),
+                      max_pool=conv_lowering.max_pool(form))
+    logits_sum = lambda v: jnp.sum(jnp.sin(model.apply(v, images)))
+    return jax.jit(lambda v: (model.apply(v, images), jax.grad(logits_sum)(v)))(variables)
+  (logits, grads), (matmul_logits, matmul_grads) = map(logits_and_grads, ('xla', 'matmul'))
+  chex.assert_trees_all_close(matmul_logits, logits, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(matmul_grads, grads, rtol=1e-3, atol=1e-5)
 
 
 def test_auto_form_is_matmuls_on_a_cpu_only():

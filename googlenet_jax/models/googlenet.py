@@ -6,9 +6,10 @@ for a 3x3/2 pool), which keeps the shapes but changes the numbers.
 
 `norm=True` puts BatchNorm after every convolution, before its ReLU, as
 BN-Inception (Ioffe & Szegedy, 2015); the default is the chapter's network.
-`conv` is the convolution module (`train_state.create_model` chooses how it is
-computed, see conv_lowering) and `dtype` the dtype the layers compute in; the
-parameters are float32 whatever both are.
+`conv` is the convolution module and `max_pool` the max-pool function
+(`train_state.create_model` chooses how both are computed, see conv_lowering),
+and `dtype` the dtype the layers compute in; the parameters are float32
+whatever all three are.
 """
 
 import functools
@@ -32,9 +33,10 @@ def pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((size, size), (size, size))
 
 
-def max_pool_3x3(x: jnp.ndarray, stride: int) -> jnp.ndarray:
-  """3x3 max-pool with padding 1 (padded with -inf, as PyTorch)."""
-  return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=pad(1))
+def max_pool_3x3(x: jnp.ndarray, stride: int,
+                 max_pool: Callable = nn.max_pool) -> jnp.ndarray:
+  """3x3 max-pool with padding 1 (padded with -inf, as PyTorch) by `max_pool`."""
+  return max_pool(x, (3, 3), strides=(stride, stride), padding=pad(1))
 
 
 def global_average_pool(x: jnp.ndarray) -> jnp.ndarray:
@@ -102,12 +104,14 @@ class Inception(nn.Module):
     c3: (1x1 reduce, 5x5) channels of branch 3.
     c4: channels of branch 4, a 1x1 conv after a 3x3/1 max-pool.
     conv: the ConvBlock every conv is made with (BatchNorm, form, dtype).
+    max_pool: the max-pool function, called as `nn.max_pool`.
   """
   c1: int
   c2: Sequence[int]
   c3: Sequence[int]
   c4: int
   conv: ModuleDef = ConvBlock
+  max_pool: Callable = nn.max_pool
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -115,7 +119,7 @@ class Inception(nn.Module):
     b1 = conv(self.c1, 1)(x, train)
     b2 = conv(self.c2[1], 3)(conv(self.c2[0], 1)(x, train), train)
     b3 = conv(self.c3[1], 5)(conv(self.c3[0], 1)(x, train), train)
-    b4 = conv(self.c4, 1)(max_pool_3x3(x, stride=1), train)
+    b4 = conv(self.c4, 1)(max_pool_3x3(x, 1, self.max_pool), train)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
@@ -130,20 +134,22 @@ class GoogLeNet(nn.Module):
     norm: BatchNorm after every conv (BN-Inception).
     block: the Inception block class; `ResidualInception` makes Inception-ResNet.
     conv: the convolution module of every conv.
+    max_pool: the max-pool function of every max-pool, called as `nn.max_pool`.
     dtype: the dtype every layer computes in.
   """
   num_classes: int = 10
   norm: bool = False
   block: ModuleDef = Inception
   conv: ModuleDef = Conv
+  max_pool: Callable = nn.max_pool
   dtype: Any = jnp.float32
 
   def setup(self):
     conv = functools.partial(ConvBlock, norm=self.norm, conv=self.conv,
                              dtype=self.dtype)
-    inception = functools.partial(self.block, conv=conv)
-    pool = functools.partial(max_pool_3x3, stride=2)
-    self.b1 = Stage(self.stem(conv))
+    inception = functools.partial(self.block, conv=conv, max_pool=self.max_pool)
+    pool = functools.partial(max_pool_3x3, stride=2, max_pool=self.max_pool)
+    self.b1 = Stage(self.stem(conv, pool))
     self.b2 = Stage([conv(64, 1), conv(192, 3), pool])
     self.b3 = Stage([
         inception(64, (96, 128), (16, 32), 32),
@@ -160,9 +166,9 @@ class GoogLeNet(nn.Module):
         global_average_pool])
     self.head = Dense(self.num_classes, dtype=self.dtype)
 
-  def stem(self, conv: ModuleDef) -> list[Callable]:
-    """b1: 7x7/2 conv and 3x3/2 max-pool, 96x96 -> 24x24."""
-    return [conv(64, 7, strides=2), functools.partial(max_pool_3x3, stride=2)]
+  def stem(self, conv: ModuleDef, pool: Callable) -> list[Callable]:
+    """b1: 7x7/2 conv and 3x3/2 max-pool `pool`, 96x96 -> 24x24."""
+    return [conv(64, 7, strides=2), pool]
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     for stage in (self.b1, self.b2, self.b3, self.b4, self.b5):

@@ -9,15 +9,14 @@ the body works on 7x7, 4x4 and 2x2: about the grid the chapter's network has at
 are the chapter's, channels unchanged.
 """
 
-import functools
 from typing import Callable
 
-from googlenet_jax.models.googlenet import GoogLeNet, ModuleDef, max_pool_3x3
+from googlenet_jax.models.googlenet import GoogLeNet, ModuleDef
 
 
 class GoogLeNet28(GoogLeNet):
   """GoogLeNet with a 3x3/1 stem conv: 28x28 -> b1 (14,14,64) -> ... -> (2,2,832)."""
 
-  def stem(self, conv: ModuleDef) -> list[Callable]:
-    """b1: 3x3/1 conv and 3x3/2 max-pool, 28x28 -> 14x14."""
-    return [conv(64, 3), functools.partial(max_pool_3x3, stride=2)]
+  def stem(self, conv: ModuleDef, pool: Callable) -> list[Callable]:
+    """b1: 3x3/1 conv and 3x3/2 max-pool `pool`, 28x28 -> 14x14."""
+    return [conv(64, 3), pool]

@@ -11,7 +11,7 @@ the identity.
 """
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ class ResidualInception(nn.Module):
   Attributes:
     c1, c2, c3, c4: the Inception block's branch channels.
     conv: the ConvBlock of the branches; the projections are its conv alone.
+    max_pool: the max-pool function of branch 4, called as `nn.max_pool`.
     scale: weight of the residual.
   """
   c1: int
@@ -32,11 +33,13 @@ class ResidualInception(nn.Module):
   c3: Sequence[int]
   c4: int
   conv: ModuleDef = ConvBlock
+  max_pool: Callable = nn.max_pool
   scale: float = 0.2
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    branches = Inception(self.c1, self.c2, self.c3, self.c4, conv=self.conv)(x, train)
+    branches = Inception(self.c1, self.c2, self.c3, self.c4, conv=self.conv,
+                         max_pool=self.max_pool)(x, train)
     channels = branches.shape[-1]
     project = functools.partial(self.conv, channels, 1, norm=False, relu=False)
     residual = project()(branches)

@@ -19,7 +19,7 @@ unpadded convs; every other conv pads symmetrically to keep H and W.
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,9 +33,9 @@ def avg_pool_3x3(x: jnp.ndarray) -> jnp.ndarray:
   return nn.avg_pool(x, (3, 3), padding=((1, 1), (1, 1)))
 
 
-def max_pool_3x3_valid(x: jnp.ndarray) -> jnp.ndarray:
-  """3x3/2 max-pool without padding, as the paper's grid reductions."""
-  return nn.max_pool(x, (3, 3), strides=(2, 2))
+def max_pool_3x3_valid(x: jnp.ndarray, max_pool: Callable = nn.max_pool) -> jnp.ndarray:
+  """3x3/2 max-pool without padding, as the paper's grid reductions, by `max_pool`."""
+  return max_pool(x, (3, 3), strides=(2, 2), padding=((0, 0), (0, 0)))
 
 
 class InceptionA(nn.Module):
@@ -60,6 +60,7 @@ class ReductionA(nn.Module):
   """Halves the grid: 3x3/2 | 1x1, 3x3, 3x3/2 | max-pool 3x3/2; 288 -> 768 channels."""
 
   conv: ModuleDef = ConvBlock
+  max_pool: Callable = nn.max_pool
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -68,7 +69,7 @@ class ReductionA(nn.Module):
     b2 = conv(64, 1)(x, train)
     b2 = conv(96, 3)(b2, train)
     b2 = conv(96, 3, strides=2, padded=False)(b2, train)
-    return jnp.concatenate([b1, b2, max_pool_3x3_valid(x)], axis=-1)
+    return jnp.concatenate([b1, b2, max_pool_3x3_valid(x, self.max_pool)], axis=-1)
 
 
 class InceptionB(nn.Module):
@@ -101,6 +102,7 @@ class ReductionB(nn.Module):
   """Halves the grid: 1x1, 3x3/2 | 1x1, 1x7, 7x1, 3x3/2 | max-pool; 768 -> 1280."""
 
   conv: ModuleDef = ConvBlock
+  max_pool: Callable = nn.max_pool
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -111,7 +113,7 @@ class ReductionB(nn.Module):
     b2 = conv(192, (1, 7))(b2, train)
     b2 = conv(192, (7, 1))(b2, train)
     b2 = conv(192, 3, strides=2, padded=False)(b2, train)
-    return jnp.concatenate([b1, b2, max_pool_3x3_valid(x)], axis=-1)
+    return jnp.concatenate([b1, b2, max_pool_3x3_valid(x, self.max_pool)], axis=-1)
 
 
 class InceptionC(nn.Module):
@@ -143,22 +145,24 @@ class InceptionV3(nn.Module):
   Attributes:
     num_classes: outputs of the head.
     conv: the convolution module of every conv.
+    max_pool: the max-pool function of every max-pool, called as `nn.max_pool`.
     dtype: the dtype every layer computes in.
   """
   num_classes: int = 10
   conv: ModuleDef = Conv
+  max_pool: Callable = nn.max_pool
   dtype: Any = jnp.float32
 
   def setup(self):
     conv = functools.partial(ConvBlock, norm=True, conv=self.conv, dtype=self.dtype)
     valid = functools.partial(conv, padded=False)  # The stem's unpadded convs.
     self.b1 = Stage([valid(32, 3, strides=2), valid(32, 3), conv(64, 3),
-                     max_pool_3x3_valid])
+                     functools.partial(max_pool_3x3_valid, max_pool=self.max_pool)])
     self.b2 = Stage([conv(80, 1), valid(192, 3)])
     self.b3 = Stage([InceptionA(pool, conv=conv) for pool in (32, 64, 64)])
-    self.b4 = Stage([ReductionA(conv=conv),
+    self.b4 = Stage([ReductionA(conv=conv, max_pool=self.max_pool),
                      *[InceptionB(c7, conv=conv) for c7 in (128, 160, 160, 192)]])
-    self.b5 = Stage([ReductionB(conv=conv), InceptionC(conv=conv), InceptionC(conv=conv),
+    self.b5 = Stage([ReductionB(conv=conv, max_pool=self.max_pool), InceptionC(conv=conv), InceptionC(conv=conv),
                      global_average_pool])
     self.head = Dense(self.num_classes, dtype=self.dtype)
 

@@ -8,7 +8,7 @@ losses and the metrics are float32.
 """
 
 import functools
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -139,14 +139,15 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array],
   return metrics
 
 
-def pmap_train_step(config: ml_collections.ConfigDict) -> Callable:
-  """`train_step` with the config's settings, pmapped over all local devices."""
+def pmap_train_step(config: ml_collections.ConfigDict,
+                    devices: Sequence[jax.Device] | None = None) -> Callable:
+  """`train_step` with the config's settings, pmapped over all local devices (or `devices`)."""
   return jax.pmap(
       functools.partial(train_step, image_size=config.image_size,
                         label_smoothing=config.label_smoothing,
                         augmentation=augment.Augmentation.from_config(config),
                         seed=config.seed),
-      axis_name=AXIS, donate_argnums=(0,))
+      axis_name=AXIS, devices=devices, donate_argnums=(0,))
 
 
 def pmap_eval_step(config: ml_collections.ConfigDict) -> Callable:

@@ -99,7 +99,7 @@ def step_params(state, global_batch, num_devices, augmentation):
                          global_batch)
   new_state, _ = jax.pmap(step, axis_name=train_state.AXIS, devices=devices)(
       train_state.replicate(state, devices), sharded)
-  return jax.tree.map(lambda x: x[0], new_state.params)
+  return train_state.unreplicate(new_state.params)
 
 
 def test_an_augmented_step_on_8_devices_equals_it_on_1(linear_state):

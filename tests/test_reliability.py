@@ -1,8 +1,8 @@
 """Preemption, kill-and-resume, several hosts, divergence and bad input.
 
 Kills and preemptions run main.py in subprocesses, as a scheduler would start
-and kill them; bad input is checked in process, and main.py's one-line error
-format once for each way it reports one.
+and kill them, against runs in this process; bad input is checked in process,
+and main.py's one-line error format once for each way it reports one.
 """
 
 import os
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_main, start_main
+from fake_data import NUM_TEST
 from googlenet_jax import checkpoint
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
@@ -72,43 +73,35 @@ def long_config(config):
 
 @pytest.fixture(scope='module')
 def uninterrupted(long_config, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  result = run_main(workdir, long_config, '--config.checkpoint_every_steps=1')
-  assert result.returncode == 0, result.stderr[-3000:]
-  return final_state(long_config, workdir)
+  """The final state of the run that the interrupted ones must end with."""
+  return train.train_and_evaluate(long_config, str(tmp_path_factory.mktemp('whole')))
 
 
 @pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
-def test_runs_killed_twice_resume_bit_exactly(long_config, uninterrupted, tmp_path):
-  every_step = '--config.checkpoint_every_steps=1'
-  for kill_after in (2, 7):
-    process = start_main(tmp_path, long_config, every_step)
-    signal_after_checkpoint(process, tmp_path, kill_after, signal.SIGKILL)
-  result = run_main(tmp_path, long_config, every_step)
-  assert result.returncode == 0, result.stderr[-3000:]
-  resumed = final_state(long_config, tmp_path)
-  assert int(resumed.step) == 12
-  chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
-  chex.assert_trees_all_equal(resumed.opt_state, uninterrupted.opt_state)
-
-
-@pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
-def test_sigterm_saves_the_current_step_and_resumes_bit_exactly(
-    long_config, uninterrupted, tmp_path):
-  process = start_main(tmp_path, long_config)  # Checkpoints only at epoch ends.
-  # The second and third signals arrive while the first one's checkpoint is saved.
+def test_a_killed_then_preempted_run_resumes_bit_exactly(long_config, uninterrupted,
+                                                         tmp_path):
+  # Killed (SIGKILL: no chance to save) once its step-2 checkpoint exists.
+  process = start_main(tmp_path, long_config, '--config.checkpoint_every_steps=1')
+  signal_after_checkpoint(process, tmp_path, 2, signal.SIGKILL)
+  killed_at = finished_steps(tmp_path)[-1]
+  # Resumed, with checkpoints at epoch ends only, then preempted once it has
+  # saved one: SIGTERM saves the current step. The second and third signals
+  # arrive while that checkpoint is saved.
+  process = start_main(tmp_path, long_config)
   returncode, stderr = signal_after_checkpoint(
-      process, tmp_path, 3, signal.SIGTERM, signal.SIGTERM, signal.SIGINT)
+      process, tmp_path, killed_at + 1, signal.SIGTERM, signal.SIGTERM, signal.SIGINT)
   assert returncode == 0, stderr[-3000:]
-  assert 'Stopped at step' in stderr
   stopped_at = finished_steps(tmp_path)[-1]
-  assert 3 <= stopped_at < 12
+  assert killed_at < stopped_at < 12
   assert f'Stopped at step {stopped_at} ' in stderr
+  # Resumed again, it ends where the uninterrupted run does, to the bit.
   result = run_main(tmp_path, long_config)
   assert result.returncode == 0, result.stderr[-3000:]
   resumed = final_state(long_config, tmp_path)
-  chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
-  chex.assert_trees_all_equal(resumed.opt_state, uninterrupted.opt_state)
+  assert int(resumed.step) == 12
+  chex.assert_trees_all_equal(resumed.params, train_state.unreplicate(uninterrupted.params))
+  chex.assert_trees_all_equal(resumed.opt_state,
+                              train_state.unreplicate(uninterrupted.opt_state))
 
 
 @pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
@@ -124,7 +117,7 @@ def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_pa
       path.write_bytes(path.read_bytes()[:7])
   train.train_and_evaluate(long_config, str(tmp_path))
   resumed = final_state(long_config, tmp_path)
-  chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
+  chex.assert_trees_all_equal(resumed.params, train_state.unreplicate(uninterrupted.params))
 
 
 def free_port() -> int:
@@ -160,19 +153,18 @@ def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
   assert stopped_at < 6
   for stderr in stderrs:
     assert f'Stopped at step {stopped_at} ' in stderr
-  # Resumed on two hosts, it ends like one host with all 8 devices.
+  # Resumed on two hosts, it ends like one host with all 8 devices (this one).
   for process in start_two_hosts(workdir, short):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
-  one_host = tmp_path / 'one_host'
-  assert run_main(one_host, short).returncode == 0
+  one = train_state.unreplicate(
+      train.train_and_evaluate(short, str(tmp_path / 'one_host')))
   two = final_state(short, workdir)
-  one = final_state(short, one_host)
   assert int(two.step) == int(one.step) == 6
   chex.assert_trees_all_close(two.params, one.params, atol=1e-5, rtol=1e-4)
-  # The 2-process checkpoint evaluates in one process with one device.
-  result = run_main(workdir, short, '--mode=eval', num_devices=1)
-  assert result.returncode == 0, result.stderr[-3000:]
+  # The 2-process checkpoint evaluates in one process.
+  evaluated = evaluate.evaluate_checkpoint(short, str(workdir))
+  assert (evaluated['step'], evaluated['num_examples']) == (6, NUM_TEST)
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(config, tmp_path):

@@ -248,8 +248,8 @@ def test_batchnorm_statistics_update_in_training_identically_on_every_device(
                   axis_name=train_state.AXIS, devices=one)
   batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), random_batch(8, 2))
   state1, _ = step(train_state.replicate(state, one), batch1)
-  chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], new_state.batch_stats),
-                              jax.tree.map(lambda x: x[0], state1.batch_stats),
+  chex.assert_trees_all_close(train_state.unreplicate(new_state.batch_stats),
+                              train_state.unreplicate(state1.batch_stats),
                               atol=1e-6)
 
 

@@ -27,7 +27,7 @@ def with_dtype(config, dtype):
 
 def test_bfloat16_logits_are_within_2_percent_of_float32():
   images = jax.random.uniform(jax.random.key(3), (4, IMAGE_SIZE, IMAGE_SIZE, 1))
-  variables = jax.jit(GoogLeNet().init)(jax.random.key(0), images)
+  variables = train_state.init_variables(GoogLeNet(), IMAGE_SIZE, jax.random.key(0))
   logits32 = jax.jit(GoogLeNet().apply)(variables, images)
   logits16 = jax.jit(GoogLeNet(dtype=jnp.bfloat16).apply)(variables, images)
   assert logits16.dtype == jnp.bfloat16
@@ -63,13 +63,13 @@ def test_the_train_step_convolves_in_the_configs_dtype(config, dtype, element_ty
 def test_bfloat16_keeps_parameters_and_statistics_float32(config):
   bf16 = with_dtype(config, 'bfloat16')
   bf16.model = 'googlenet_bn'
-  state = jax.eval_shape(lambda: train_state.create_train_state(
-      jax.random.key(0), bf16, train_state.create_model(bf16)))
+  state = train_state.create_train_state(jax.random.key(0), bf16,
+                                         train_state.create_model(bf16))
   for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state)):
     assert leaf.dtype == jnp.float32
 
 
-def test_a_bfloat16_run_resumes_evaluates_and_predicts_in_either_dtype(config, tmp_path):
+def test_a_bfloat16_run_resumes_and_predicts_in_float32_and_evaluates_in_either(config, tmp_path):
   bf16, f32 = with_dtype(config, 'bfloat16'), with_dtype(config, 'float32')
   steps_per_epoch = NUM_TRAIN // config.batch_size
   bf16.num_epochs = 1
@@ -82,6 +82,6 @@ def test_a_bfloat16_run_resumes_evaluates_and_predicts_in_either_dtype(config, t
     assert result['num_examples'] == NUM_TEST
   np.testing.assert_allclose(results['bfloat16']['loss'], results['float32']['loss'],
                              rtol=0.02)
-  found = predict.predict(evaluate.restore_for_eval(bf16, str(tmp_path)),
-                          input_pipeline.load_sources(bf16)['test'], bf16)
+  found = predict.predict(evaluate.restore_for_eval(f32, str(tmp_path)),
+                          input_pipeline.load_sources(f32)['test'], f32)
   assert len(found['prediction']) == config.num_predictions

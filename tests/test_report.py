@@ -17,6 +17,10 @@ from googlenet_jax import predict
 from googlenet_jax import progress
 from fake_data import NUM_TEST
 
+# The tests of the shared trained run (conftest's `trained`), on one worker.
+pytestmark = pytest.mark.xdist_group('trained')
+
+
 @pytest.fixture(scope='module')
 def evaluated(config, trained, tmp_path_factory):
   """A copy of the shared 2-epoch run, its checkpoint evaluated: workdir and result."""

@@ -69,6 +69,7 @@ def test_8_devices_give_the_1_device_step_on_the_same_global_batch(config):
   chex.assert_trees_all_close(metrics8['loss'][0], metrics1['loss'][0], rtol=1e-5)
 
 
+@pytest.mark.xdist_group('trained')  # One worker runs the shared run.
 def test_training_logs_every_epoch_and_checkpoints_it(config, trained):
   workdir, state = trained
   steps_per_epoch = NUM_TRAIN // config.batch_size
@@ -84,6 +85,7 @@ def test_training_logs_every_epoch_and_checkpoints_it(config, trained):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
 
 
+@pytest.mark.xdist_group('trained')  # One worker runs the shared run.
 def test_a_resumed_run_ends_where_the_uninterrupted_one_does(config, trained,
                                                              tmp_path):
   _, uninterrupted = trained
@@ -104,6 +106,7 @@ def test_num_train_steps_stops_mid_epoch_and_logs(config, tmp_path):
     assert [json.loads(line)['step'] for line in f] == [2]
 
 
+@pytest.mark.xdist_group('trained')  # One worker runs the shared run.
 def test_eval_on_1_device_restores_an_8_device_checkpoint(config, trained, tmp_path):
   workdir = tmp_path / 'w'
   shutil.copytree(trained[0], workdir)

@@ -62,11 +62,13 @@ def test_a_stop_mid_epoch_reports_the_epoch_after_the_resume(
   assert [epoch for epoch, _ in logged_epochs(tmp_path)] == [1, 2]
 
 
-def test_an_error_closes_the_metric_writer(config, tmp_path, closed_writers):
-  diverging = config.copy_and_resolve_references()
-  diverging.learning_rate = float('inf')
-  with pytest.raises(UserError, match='not finite'):
-    train.train_and_evaluate(diverging, str(tmp_path))
+def test_an_error_closes_the_metric_writer(config, tmp_path, monkeypatch,
+                                          closed_writers):
+  def full_disk(*args, **kwargs):
+    raise UserError('No space left on device')
+  monkeypatch.setattr(train, 'report_epoch', full_disk)  # After epoch 1's steps.
+  with pytest.raises(UserError, match='No space left'):
+    train.train_and_evaluate(config, str(tmp_path))
   assert len(closed_writers) == 1 and closed_writers[0].closed
 
 

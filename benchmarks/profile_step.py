@@ -30,7 +30,6 @@ import jax
 from jax import profiler
 
 from benchmarks import benchmark
-from googlenet_jax import compilation_cache
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
@@ -56,6 +55,8 @@ class Instruction:
     self.name = name
     self.opcode = opcode
     self.called = re.findall(r'(?:calls|to_apply)=%([\w.-]+)', line)
+    self.operands = [n for n in re.findall(r'%([\w.-]+)', line.split(' = ', 1)[1])
+                     if n not in self.called]
     self.op_names = re.findall(r'op_name="([^"]*)"', line)
 
 
@@ -82,16 +83,39 @@ def contents(instruction: Instruction, computations) -> list[Instruction]:
   return found
 
 
+def described_by(instruction: Instruction, computations,
+                 users: dict[str, list[Instruction]]) -> list[Instruction]:
+  """The instructions an operation is made of, or, where XLA made them without
+  JAX's op names (e.g. the iotas of an expanded select-and-scatter), those of
+  the nearest operation that uses its result and has them."""
+  parts = contents(instruction, computations)
+  queue, seen = [instruction], {instruction.name}
+  while queue and not any(p.op_names for p in parts):
+    for user in users[queue.pop(0).name]:
+      if user.name not in seen:
+        seen.add(user.name)
+        queue.append(user)
+        if any(p.op_names for p in contents(user, computations)):
+          return parts + contents(user, computations)
+  return parts
+
+
 def group_of(parts: list[Instruction]) -> str:
-  """The GROUPS entry of an operation made of the instructions `parts`."""
+  """The GROUPS entry of an operation made of the instructions `parts`.
+
+  In the backward pass a reduce-window is part of a max-pool's gradient: XLA's
+  CPU backend expands select-and-scatter into a reduce-window over (value,
+  index) pairs, iotas and a scatter.
+  """
   opcodes = {p.opcode for p in parts}
   op_names = ' '.join(n for p in parts for n in p.op_names)
   if opcodes & {'dot', 'convolution'}:
     return 'matmuls and convolutions'
-  if 'select-and-scatter' in opcodes:
+  if ({'select-and-scatter', 'scatter'} & opcodes or 'select_and_scatter' in op_names
+      or 'max_pool_gradient' in op_names):
     return 'max-pool gradient'
   if 'reduce-window' in opcodes:
-    return 'pooling'
+    return 'max-pool gradient' if pass_of(parts) == 'backward' else 'pooling'
   if opcodes & {'all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute'}:
     return 'collectives'
   if 'resize' in op_names:
@@ -119,7 +143,7 @@ def layer_of(parts: list[Instruction]) -> str:
   """The model's layer path an operation belongs to, e.g. b3/layers_0/ConvBlock_1."""
   for p in parts:
     for name in p.op_names:
-      match = re.search(r'(?:GoogLeNet|Inception\w*)\)?/(.*)/[^/]+$', name)
+      match = re.search(r'(?:GoogLeNet|Inception\w*)\)*/(.*)/[^/]+$', name)
       if match:
         return re.sub(r'\w+\(|\)', '', match.group(1))
   return ''
@@ -163,9 +187,14 @@ def profile(config) -> dict:
                     'does not report per-operation times.')
   computations = parse_hlo(text)
   instructions = {i.name: i for body in computations.values() for i in body}
+  users = collections.defaultdict(list)
+  for instruction in instructions.values():
+    for operand in instruction.operands:
+      users[operand].append(instruction)
   operations = []
   for name, durations in times.items():
-    parts = contents(instructions[name], computations) if name in instructions else []
+    parts = described_by(instructions[name], computations, users) if (
+        name in instructions) else []
     operations.append({
         'name': name, 'group': group_of(parts), 'pass': pass_of(parts),
         'layer': layer_of(parts), 'runs_per_step': len(durations) / FLAGS.steps,
@@ -216,7 +245,8 @@ def main(argv):
   config = benchmark.config_from_flags()
   try:
     validation.check_config(config)
-    compilation_cache.enable(config.compilation_cache_dir)
+    # No compilation cache: its key leaves out the ops' names, so a cached
+    # step would name its ops as the code that first compiled it did.
     info = benchmark.describe(config)
     result = profile(config)
   except UserError as e:  # One line, not a traceback.

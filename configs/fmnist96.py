@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = 'googlenet'  # Model name, see googlenet_jax/models/__init__.py.
   config.num_classes = 10  # Fashion-MNIST has 10 classes.
   config.image_size = 96  # Images are resized (bilinear, on the device) to this size.
-  config.conv_lowering = 'auto'  # Convs as matmuls: 'auto' (on a CPU), 'matmul', 'xla'.
+  config.conv_lowering = 'auto'  # CPU form (convs as matmuls): 'auto' (on a CPU), 'matmul', 'xla'.
   config.dtype = 'float32'  # Compute dtype, or 'bfloat16' (GPU/TPU); params stay float32.
   # JAX's persistent compilation cache, shared by every run on the machine; '' = off.
   config.compilation_cache_dir = '~/.cache/googlenet_jax/jax_cache'

@@ -77,6 +77,7 @@ def _masked_max_pool_fwd(x, window_shape, strides, padding):
   return y, (x, y)
 
 
+@jax.named_scope('masked_max_pool_gradient')  # Named in profiles.
 def _masked_max_pool_bwd(window_shape, strides, padding, residuals, g):
   """Each window offset's mask of first maxima routes g back to that offset's inputs."""
   x, y = residuals

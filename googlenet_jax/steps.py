@@ -141,7 +141,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array],
 
 def pmap_train_step(config: ml_collections.ConfigDict,
                     devices: Sequence[jax.Device] | None = None) -> Callable:
-  """`train_step` with the config's settings, pmapped over all local devices (or `devices`)."""
+  """`train_step` with the config's settings, pmapped over the local devices or `devices`."""
   return jax.pmap(
       functools.partial(train_step, image_size=config.image_size,
                         label_smoothing=config.label_smoothing,

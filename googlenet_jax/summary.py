@@ -37,17 +37,22 @@ def xla_flops(fn, *args) -> float:
   return float(cost.get('flops', 0.0))
 
 
+def abstract_variables(model, image_size: int):
+  """(the image, `model`'s variables with every layer's output) as shapes only."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
+  init = functools.partial(model.init_with_output, capture_intermediates=True)
+  return images, jax.eval_shape(init, jax.random.key(0), images)[1]
+
+
 def block_stats(model, image_size: int) -> list[BlockStats]:
   """One BlockStats per top-level block of `model`, in call order, for one image.
 
   From shapes only (`jax.eval_shape`) and XLA's cost analysis: nothing runs.
   """
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
-  init = functools.partial(model.init_with_output, capture_intermediates=True)
-  _, variables = jax.eval_shape(init, jax.random.key(0), images)
+  inputs, variables = abstract_variables(model, image_size)
   blocks = {k: v['__call__'][0] for k, v in variables.pop('intermediates').items()
             if k != '__call__'}
-  stats, inputs = [], images
+  stats = []
   for name, output in blocks.items():
     apply_block = lambda variables, x, name=name: model.apply(
         variables, x, method=lambda module, x: getattr(module, name)(x))
@@ -64,10 +69,8 @@ def every_layer_has_pixels(model, image_size: int) -> bool:
   Shapes only (jax.eval_shape): nothing is computed. A layer whose window no
   longer fits its input fails to trace, which counts as False too.
   """
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
-  init = functools.partial(model.init_with_output, capture_intermediates=True)
   try:
-    _, variables = jax.eval_shape(init, jax.random.key(0), images)
+    _, variables = abstract_variables(model, image_size)
   except (TypeError, ValueError, ZeroDivisionError):
     return False
   return all(min(x.shape[1:3]) >= 1

@@ -56,11 +56,10 @@ def restore_for_eval(config: ml_collections.ConfigDict,
                      workdir: str) -> train_state.TrainState:
   """The latest checkpoint's state, on the host; raises UserError if there is none."""
   validation.check_config(config)
-  state = train_state.create_train_state(jax.random.key(config.seed), config,
-                                         train_state.create_model(config))
+  target = train_state.abstract_train_state(config, train_state.create_model(config))
   manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
                                       read_only=True)
-  return checkpoint.restore(manager, state, checkpoint.meta(config))
+  return checkpoint.restore(manager, target, checkpoint.meta(config))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict,

@@ -73,12 +73,13 @@ def checkpoint_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch
 def restore_or_create(config: ml_collections.ConfigDict, manager,
                       steps_per_epoch: int) -> train_state.TrainState:
   """The latest checkpoint's state if there is one, else a new one; on the host."""
-  state = train_state.create_train_state(
-      jax.random.key(config.seed), config, train_state.create_model(config),
-      steps_per_epoch)
+  model = train_state.create_model(config)
   if manager.latest_step() is None:
-    return state
-  state = checkpoint.restore(manager, state, checkpoint.meta(config))
+    return train_state.create_train_state(jax.random.key(config.seed), config, model,
+                                          steps_per_epoch)
+  state = checkpoint.restore(
+      manager, train_state.abstract_train_state(config, model, steps_per_epoch),
+      checkpoint.meta(config))
   logging.info('Resuming from the checkpoint at step %d.', state.step)
   return state
 

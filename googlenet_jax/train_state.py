@@ -101,7 +101,30 @@ def init_variables(model, image_size: int, rng: jax.Array):
 def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
                        model, steps_per_epoch: int = 1) -> TrainState:
   """Initial parameters, BatchNorm statistics and optimizer state, on the default device."""
-  variables = init_variables(model, config.image_size, rng)
+  return state_of(init_variables(model, config.image_size, rng), config, model,
+                  steps_per_epoch)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, model,
+                         steps_per_epoch: int = 1) -> TrainState:
+  """`create_train_state`'s shapes and dtypes on the default device: a restore target.
+
+  Nothing is compiled or computed, so a resumed or evaluated run does not pay
+  for the initialisers.
+  """
+  images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 1),
+                                jnp.float32)
+  state = jax.eval_shape(
+      lambda rng, images: state_of(model.init(rng, images), config, model,
+                                   steps_per_epoch), jax.random.key(0), images)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+
+
+def state_of(variables, config: ml_collections.ConfigDict, model,
+             steps_per_epoch: int) -> TrainState:
+  """The train state of `model`'s `variables`, with a fresh optimizer state."""
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables.get('batch_stats', {}),

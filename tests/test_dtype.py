@@ -63,8 +63,7 @@ def test_the_train_step_convolves_in_the_configs_dtype(config, dtype, element_ty
 def test_bfloat16_keeps_parameters_and_statistics_float32(config):
   bf16 = with_dtype(config, 'bfloat16')
   bf16.model = 'googlenet_bn'
-  state = train_state.create_train_state(jax.random.key(0), bf16,
-                                         train_state.create_model(bf16))
+  state = train_state.abstract_train_state(bf16, train_state.create_model(bf16))
   for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state)):
     assert leaf.dtype == jnp.float32
 

@@ -33,8 +33,7 @@ NUM_EPOCHS = 4  # 12 steps of 16 examples: long enough to kill in the middle.
 
 def final_state(config, workdir):
   """The latest checkpoint in `workdir`, as host arrays."""
-  target = train_state.create_train_state(jax.random.key(0), config,
-                                          train_state.create_model(config))
+  target = train_state.abstract_train_state(config, train_state.create_model(config))
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
                                       read_only=True)
   return jax.device_get(checkpoint.restore(manager, target,

@@ -136,7 +136,7 @@ POOL_CASES = [  # (window, stride, padding): GoogLeNet's pools and Inception-v3'
 
 
 @pytest.mark.parametrize('window, stride, padding', POOL_CASES)
-def test_masked_max_pool_gives_max_pool_and_its_gradient(window, stride, padding):
+def test_indexed_max_pool_gives_max_pool_and_its_gradient(window, stride, padding):
   # ReLU outputs on a coarse grid, as the networks' pools see: many windows
   # hold their maximum twice or more (0 above all), where the gradient must
   # still go to the first one only.
@@ -146,10 +146,10 @@ def test_masked_max_pool_gives_max_pool_and_its_gradient(window, stride, padding
   padded = jnp.pad(x, ((0, 0), *args[2], (0, 0)), constant_values=-jnp.inf)
   maxima = sum(view == pooled for _, view in conv_lowering.windows(padded, *args[:2]))
   assert jnp.sum(maxima > 1) > 20
-  chex.assert_trees_all_equal(conv_lowering.masked_max_pool(x, *args), pooled)
+  chex.assert_trees_all_equal(conv_lowering.indexed_max_pool(x, *args), pooled)
   g = jax.random.normal(jax.random.key(1), pooled.shape)
   grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x, *args) * g)))(x)
-  chex.assert_trees_all_close(grad(conv_lowering.masked_max_pool), grad(nn.max_pool),
+  chex.assert_trees_all_close(grad(conv_lowering.indexed_max_pool), grad(nn.max_pool),
                               atol=1e-6)
 
 

@@ -1,12 +1,13 @@
-"""The CPU form of convolutions (matrix multiplies) and max-pool gradients (masks).
+"""The CPU form of convolutions (matrix multiplies) and max-pools (with indices).
 
 XLA's CPU convolutions, and above all their gradients, run far below its matmul
 speed; a k x k convolution is one matmul of the input's k*k shifted windows,
 concatenated on the channel axis, with the kernel reshaped to (k*k*C_in, C_out),
 and its gradients are matmuls too. XLA's CPU backend also rewrites a max-pool's
 gradient (select-and-scatter) into a reduce-window over (value, index) pairs
-and a scatter, about half of GoogLeNet's train step; `masked_max_pool`
-computes it from one comparison per window offset instead.
+and a scatter, about half of GoogLeNet's train step; `indexed_max_pool` keeps
+each window's first maximum from the forward pass and gathers the gradient
+from it, one plain slice per window offset.
 
 `config.conv_lowering` picks the form: 'auto' (the default) takes the CPU form
 on a CPU and XLA's own ops elsewhere, where cuDNN and the TPU's convolution
@@ -54,52 +55,79 @@ def windows(x: jax.Array, window: Sequence[int],
           for i in range(kh) for j in range(kw)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def masked_max_pool(x: jax.Array, window_shape: Sequence[int],
-                    strides: Sequence[int] | None = None,
-                    padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jax.Array:
-  """`nn.max_pool` (NHWC, explicit padding), whose gradient is computed by masks.
+def indexed_max_pool(x: jax.Array, window_shape: Sequence[int],
+                     strides: Sequence[int] | None = None,
+                     padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jax.Array:
+  """`nn.max_pool` (NHWC, explicit padding) that keeps where each maximum was.
 
   The values are nn.max_pool's. The gradient is XLA's too: each output's
   gradient goes to the first maximum of its window in row-major order, as
   select-and-scatter with `>=` picks it; only the order of the sums differs.
   """
-  return nn.max_pool(x, tuple(window_shape), strides=_strides(window_shape, strides),
-                     padding=tuple(padding))
+  strides = tuple(strides) if strides is not None else (1,) * len(window_shape)
+  return _indexed_max_pool(x, tuple(window_shape), strides,
+                           tuple(map(tuple, padding)), x.shape)
 
 
-def _strides(window_shape, strides) -> tuple[int, ...]:
-  return tuple(strides) if strides is not None else (1,) * len(window_shape)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _indexed_max_pool(x, window_shape, strides, padding, x_shape):
+  return _pool_and_first_maxima(x, window_shape, strides, padding)[0]
 
 
-def _masked_max_pool_fwd(x, window_shape, strides, padding):
-  y = masked_max_pool(x, window_shape, strides, padding)
-  return y, (x, y)
+@jax.named_scope('indexed_max_pool')  # Named in profiles.
+def _pool_and_first_maxima(x, window_shape, strides, padding):
+  """The pooled values, and the offset of each window's first maximum (row-major).
 
-
-@jax.named_scope('masked_max_pool_gradient')  # Named in profiles.
-def _masked_max_pool_bwd(window_shape, strides, padding, residuals, g):
-  """Each window offset's mask of first maxima routes g back to that offset's inputs."""
-  x, y = residuals
-  (top, _), (left, _) = padding
-  (sh, sw), (out_h, out_w) = _strides(window_shape, strides), y.shape[1:3]
+  One pass over the window offsets' strided views of the padded input.
+  """
   padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-np.inf)
+  views = [view for _, view in windows(padded, window_shape, strides)]
+  pooled, first = views[0], jnp.zeros(views[0].shape, offset_dtype(window_shape))
+  for offset, view in enumerate(views[1:], start=1):
+    first = jnp.where(view > pooled, first.dtype.type(offset), first)
+    pooled = jnp.maximum(pooled, view)
+  return pooled, first
+
+
+def offset_dtype(window_shape: Sequence[int]) -> np.dtype:
+  """The smallest unsigned integer that holds every window offset, and one more."""
+  return np.min_scalar_type(np.prod(window_shape))
+
+
+def _indexed_max_pool_fwd(x, window_shape, strides, padding, x_shape):
+  pooled, first = _pool_and_first_maxima(x, window_shape, strides, padding)
+  return pooled, first
+
+
+@jax.named_scope('indexed_max_pool_gradient')  # Named in profiles.
+def _indexed_max_pool_bwd(window_shape, strides, padding, x_shape, first, g):
+  """Each input's gradient: g summed over the windows whose first maximum it is.
+
+  Gathered per stride phase, so that every read is a plain slice: row
+  `s * a + r` of the padded input is offset i of window `a - (i - r) // s` for
+  each offset i = r (mod s). The phases are interleaved at the end.
+  """
+  (kh, kw), (sh, sw), ((top, bottom), (left, right)) = window_shape, strides, padding
+  n, out_h, out_w, c = g.shape
+  height, width = x_shape[1], x_shape[2]
+  rows, cols = -(-(height + top + bottom) // sh), -(-(width + left + right) // sw)
+  back_h, back_w = (kh - 1) // sh, (kw - 1) // sw  # Most windows back a phase reaches.
+  widths = ((0, 0), (back_h, rows - out_h), (back_w, cols - out_w), (0, 0))
+  g = jnp.pad(g, widths)
+  first = jnp.pad(first, widths, constant_values=kh * kw)  # No offset's number.
   zero = jnp.zeros((), g.dtype)
-  taken = jnp.zeros(y.shape, bool)  # Outputs whose maximum an earlier offset took.
-  grad = jnp.zeros(padded.shape, g.dtype)
-  for (i, j), view in windows(padded, window_shape, (sh, sw)):
-    chosen = (view == y) & ~taken
-    taken = taken | chosen
-    # The transpose of the strided view: g back at the inputs it was read from.
-    grad = grad + lax.pad(jnp.where(chosen, g, zero), zero, (
-        (0, 0, 0),
-        (i, padded.shape[1] - i - sh * (out_h - 1) - 1, sh - 1),
-        (j, padded.shape[2] - j - sw * (out_w - 1) - 1, sw - 1),
-        (0, 0, 0)))
-  return (grad[:, top:top + x.shape[1], left:left + x.shape[2]],)
+  phases = [[jnp.zeros((n, rows, cols, c), g.dtype) for _ in range(sw)] for _ in range(sh)]
+  for i in range(kh):
+    for j in range(kw):
+      a, b = back_h - i // sh, back_w - j // sw
+      taken = first[:, a:a + rows, b:b + cols] == i * kw + j
+      phases[i % sh][j % sw] += jnp.where(taken, g[:, a:a + rows, b:b + cols], zero)
+  grad = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
+  grad = grad.reshape(n, rows * sh, cols * sw, c)
+  return (grad[:, top:top + height, left:left + width],)
 
 
-masked_max_pool.defvjp(_masked_max_pool_fwd, _masked_max_pool_bwd)
+_indexed_max_pool.defvjp(_indexed_max_pool_fwd, _indexed_max_pool_bwd)
 
 
 def is_plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -143,4 +171,4 @@ def conv_module(form: str) -> Callable[..., nn.Module]:
 
 def max_pool(form: str) -> Callable[..., jax.Array]:
   """The models' `max_pool` field for `form`, called as `nn.max_pool`."""
-  return masked_max_pool if uses_matmuls(form) else nn.max_pool
+  return indexed_max_pool if uses_matmuls(form) else nn.max_pool

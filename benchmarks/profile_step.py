@@ -105,7 +105,8 @@ def group_of(parts: list[Instruction]) -> str:
 
   In the backward pass a reduce-window is part of a max-pool's gradient: XLA's
   CPU backend expands select-and-scatter into a reduce-window over (value,
-  index) pairs, iotas and a scatter.
+  index) pairs, iotas and a scatter. The CPU form's `indexed_max_pool` is found
+  by its name (a forward pass of slices and selects, a gather of a gradient).
   """
   opcodes = {p.opcode for p in parts}
   op_names = ' '.join(n for p in parts for n in p.op_names)
@@ -114,7 +115,7 @@ def group_of(parts: list[Instruction]) -> str:
   if ({'select-and-scatter', 'scatter'} & opcodes or 'select_and_scatter' in op_names
       or 'max_pool_gradient' in op_names):
     return 'max-pool gradient'
-  if 'reduce-window' in opcodes:
+  if 'reduce-window' in opcodes or 'indexed_max_pool' in op_names:
     return 'max-pool gradient' if pass_of(parts) == 'backward' else 'pooling'
   if opcodes & {'all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute'}:
     return 'collectives'

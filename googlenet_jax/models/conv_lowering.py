@@ -82,21 +82,20 @@ def _pool_and_first_maxima(x, window_shape, strides, padding):
   """
   padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-np.inf)
   views = [view for _, view in windows(padded, window_shape, strides)]
-  pooled, first = views[0], jnp.zeros(views[0].shape, offset_dtype(window_shape))
+  pooled, first = views[0], jnp.zeros(views[0].shape, _offset_dtype(window_shape))
   for offset, view in enumerate(views[1:], start=1):
     first = jnp.where(view > pooled, first.dtype.type(offset), first)
     pooled = jnp.maximum(pooled, view)
   return pooled, first
 
 
-def offset_dtype(window_shape: Sequence[int]) -> np.dtype:
+def _offset_dtype(window_shape: Sequence[int]) -> np.dtype:
   """The smallest unsigned integer that holds every window offset, and one more."""
   return np.min_scalar_type(np.prod(window_shape))
 
 
 def _indexed_max_pool_fwd(x, window_shape, strides, padding, x_shape):
-  pooled, first = _pool_and_first_maxima(x, window_shape, strides, padding)
-  return pooled, first
+  return _pool_and_first_maxima(x, window_shape, strides, padding)  # Output, residual.
 
 
 @jax.named_scope('indexed_max_pool_gradient')  # Named in profiles.

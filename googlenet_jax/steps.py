@@ -141,16 +141,30 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array],
 
 def pmap_train_step(config: ml_collections.ConfigDict,
                     devices: Sequence[jax.Device] | None = None) -> Callable:
-  """`train_step` with the config's settings, pmapped over the local devices or `devices`."""
+  """`train_step` with the config's settings, pmapped over the local devices or `devices`.
+
+  The same settings give the same function, so that runs in one process (a
+  resume, the tests) reuse its traced and compiled step.
+  """
+  return _pmap_train_step(config.image_size, config.label_smoothing,
+                          augment.Augmentation.from_config(config), config.seed,
+                          None if devices is None else tuple(devices))
+
+
+@functools.lru_cache(maxsize=None)
+def _pmap_train_step(image_size, label_smoothing, augmentation, seed, devices):
   return jax.pmap(
-      functools.partial(train_step, image_size=config.image_size,
-                        label_smoothing=config.label_smoothing,
-                        augmentation=augment.Augmentation.from_config(config),
-                        seed=config.seed),
+      functools.partial(train_step, image_size=image_size,
+                        label_smoothing=label_smoothing, augmentation=augmentation,
+                        seed=seed),
       axis_name=AXIS, devices=devices, donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=None)
+def _pmap_eval_step(image_size: int) -> Callable:
+  return jax.pmap(functools.partial(eval_step, image_size=image_size), axis_name=AXIS)
+
+
 def pmap_eval_step(config: ml_collections.ConfigDict) -> Callable:
-  """`eval_step` at the config's image size, pmapped over all local devices."""
-  return jax.pmap(functools.partial(eval_step, image_size=config.image_size),
-                  axis_name=AXIS)
+  """`eval_step` at the config's image size, pmapped over all local devices (one per size)."""
+  return _pmap_eval_step(config.image_size)

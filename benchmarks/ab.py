@@ -26,8 +26,6 @@ from benchmarks import benchmark
 from googlenet_jax import compilation_cache
 from googlenet_jax import steps
 from googlenet_jax import train_state
-from googlenet_jax import validation
-from googlenet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('field', None, 'The config field to vary, e.g. dtype.')
@@ -49,11 +47,7 @@ def config_with(config: ml_collections.ConfigDict, field: str,
   """A checked copy of `config` with `field` set to `value`."""
   config = config.copy_and_resolve_references()
   config[field] = value
-  try:
-    validation.check_config(config)
-  except UserError as e:  # One line, not a traceback.
-    raise app.UsageError(str(e)) from e
-  return config
+  return benchmark.checked(config)
 
 
 def variant(config: ml_collections.ConfigDict):
@@ -78,9 +72,7 @@ def format_table(rates: dict[str, dict]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  config = benchmark.config_from_flags()
+  config = benchmark.config_from_flags(argv)
   if FLAGS.field not in config:
     raise app.UsageError(f'--field: the config has no field {FLAGS.field!r}.')
   if len(set(FLAGS.values)) != len(FLAGS.values):

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
@@ -123,11 +124,22 @@ def take_turns(step_fns: dict[str, Callable], states: dict,
   return states, seconds
 
 
-def config_from_flags():
-  """--config with --batch_size applied."""
+def config_from_flags(argv: list[str]):
+  """--config with --batch_size applied; a usage error for arguments that are not flags."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
   if FLAGS.batch_size:
     config.batch_size = FLAGS.batch_size
+  return config
+
+
+def checked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config`, if validation accepts it; else a one-line usage error, not a traceback."""
+  try:
+    validation.check_config(config)
+  except UserError as e:
+    raise app.UsageError(str(e)) from e
   return config
 
 
@@ -332,13 +344,7 @@ def format_rate(stats: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  config = config_from_flags()
-  try:
-    validation.check_config(config)
-  except UserError as e:  # One line, not a traceback.
-    raise app.UsageError(str(e)) from e
+  config = checked(config_from_flags(argv))
   compilation_cache.enable(config.compilation_cache_dir)
   info = describe(config)
   results = measure(config)

@@ -32,7 +32,6 @@ from jax import profiler
 from benchmarks import benchmark
 from googlenet_jax import steps
 from googlenet_jax import train_state
-from googlenet_jax import validation
 from googlenet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -241,11 +240,8 @@ def format_report(info: dict, result: dict, groups: list[dict]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  config = benchmark.config_from_flags()
+  config = benchmark.checked(benchmark.config_from_flags(argv))
   try:
-    validation.check_config(config)
     # No compilation cache: its key leaves out the ops' names, so a cached
     # step would name its ops as the code that first compiled it did.
     info = benchmark.describe(config)

@@ -14,8 +14,13 @@ from googlenet_jax.errors import UserError
 
 
 def checkpoint_dir(config, workdir: str) -> str:
-  """Where checkpoints live: `config.checkpoint_dir`, else WORKDIR/checkpoints."""
-  return os.path.abspath(config.checkpoint_dir or os.path.join(workdir, 'checkpoints'))
+  """Where checkpoints live: `config.checkpoint_dir`, else WORKDIR/checkpoints.
+
+  A local path is made absolute; a URL (gs://bucket/run) is kept as it is: Orbax
+  writes there directly, marking a finished step with a commit file.
+  """
+  directory = config.checkpoint_dir or os.path.join(workdir, 'checkpoints')
+  return directory if '://' in directory else os.path.abspath(directory)
 
 
 def meta(config) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import predict
 from googlenet_jax import summary
+from googlenet_jax import tpu_compile
 from googlenet_jax import train
 from googlenet_jax.errors import UserError
 
@@ -38,11 +39,18 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', 'workdir', 'Directory for checkpoints and metrics.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'compare'],
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'eval', 'predict', 'summary', 'compare', 'compile'],
                   'train (resumes from WORKDIR), eval the latest checkpoint, '
                   'predict: draw its predictions on test images, or print the '
                   'per-block summary, or compare parameters and FLOPs of the '
-                  "chapter's networks.")
+                  "chapter's networks, or compile the train and eval steps for "
+                  'the TPU slice --topology on this host (no TPU needed).')
+flags.DEFINE_string('topology', None,
+                    'For --mode=compile: a Cloud TPU accelerator type, e.g. v5litepod-8.')
+flags.DEFINE_bool('largest_batch', False,
+                  'For --mode=compile: also find the largest per-chip batch (a power '
+                  'of two) whose train step fits in HBM, by compiling (minutes).')
 flags.DEFINE_bool('distributed', False,
                   'Join several processes with jax.distributed: auto-detected on '
                   'Cloud TPU VMs; elsewhere also give the three flags below.')
@@ -58,6 +66,8 @@ MODES = {
     'predict': predict.predict_checkpoint,
     'summary': lambda config, workdir: print(summary.summary_table(config)),
     'compare': lambda config, workdir: print(compare.comparison_table(config)),
+    'compile': lambda config, workdir: tpu_compile.compile_and_report(
+        config, workdir, FLAGS.topology, FLAGS.largest_batch),
 }
 
 
@@ -93,7 +103,10 @@ def main(argv):
   logging.get_absl_handler().addFilter(keep_only_orbax_warnings)
   try:
     config = FLAGS.config
-    compilation_cache.enable(config.compilation_cache_dir)
+    if FLAGS.mode == 'compile':  # Before JAX starts a backend; uncached: it times compiles.
+      tpu_compile.prepare_host(FLAGS.topology)
+    else:
+      compilation_cache.enable(config.compilation_cache_dir)
     if FLAGS.distributed or FLAGS.coordinator_address:
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                              FLAGS.process_id)

@@ -160,11 +160,13 @@ def _pmap_train_step(image_size, label_smoothing, augmentation, seed, devices):
       axis_name=AXIS, devices=devices, donate_argnums=(0,))
 
 
+def pmap_eval_step(config: ml_collections.ConfigDict,
+                   devices: Sequence[jax.Device] | None = None) -> Callable:
+  """`eval_step` at the config's image size, pmapped over the local devices or `devices`."""
+  return _pmap_eval_step(config.image_size, None if devices is None else tuple(devices))
+
+
 @functools.lru_cache(maxsize=None)
-def _pmap_eval_step(image_size: int) -> Callable:
-  return jax.pmap(functools.partial(eval_step, image_size=image_size), axis_name=AXIS)
-
-
-def pmap_eval_step(config: ml_collections.ConfigDict) -> Callable:
-  """`eval_step` at the config's image size, pmapped over all local devices (one per size)."""
-  return _pmap_eval_step(config.image_size)
+def _pmap_eval_step(image_size: int, devices) -> Callable:
+  return jax.pmap(functools.partial(eval_step, image_size=image_size), axis_name=AXIS,
+                  devices=devices)

@@ -27,19 +27,22 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = struct.field(default_factory=dict)
 
 
-def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None):
+def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None,
+                 platform: str | None = None):
   """The model named by `config.model`, computing in `config.dtype`.
 
-  Its convolutions and max-pools take `conv_form` (default `config.conv_lowering`);
-  parameters are float32 in every form and dtype, so checkpoints do not depend
-  on either.
+  Its convolutions and max-pools take `conv_form` (default `config.conv_lowering`),
+  resolved for `platform`, that of the devices its steps are compiled for
+  (default: JAX's default backend); parameters are float32 in every form and
+  dtype, so checkpoints do not depend on either.
   """
-  return _create_model(config.model, config.num_classes,
-                       conv_form or config.conv_lowering, jnp.dtype(config.dtype))
+  form = conv_lowering.resolve(conv_form or config.conv_lowering, platform)
+  return _create_model(config.model, config.num_classes, form, jnp.dtype(config.dtype))
 
 
 # One object per setting: a train state holds `model.apply`, which equals another
 # only for the same model object, and equal states share one traced train step.
+# Keyed on the resolved form, so one process holds a CPU and a TPU model apart.
 @functools.lru_cache(maxsize=None)
 def _create_model(name: str, num_classes: int, form: str, dtype: jnp.dtype):
   return models.MODELS[name](num_classes=num_classes, conv=conv_lowering.conv_module(form),

@@ -10,10 +10,13 @@ each window's first maximum from the forward pass and gathers the gradient
 from it, one plain slice per window offset.
 
 `config.conv_lowering` picks the form: 'auto' (the default) takes the CPU form
-on a CPU and XLA's own ops elsewhere, where cuDNN and the TPU's convolution
-units are the fast path; 'matmul' and 'xla' force one. `conv_module` and
-`max_pool` give the models' `conv` and `max_pool` fields for a form; the
-parameters, and so the checkpoints, are the same in every form.
+when the step is compiled for CPUs and XLA's own ops for anything else, where
+cuDNN and the TPU's convolution units are the fast path; 'matmul' and 'xla'
+force one. `resolve` turns 'auto' into one of those two for a platform (that of
+the devices the step is compiled for, not the host's: a TPU step compiled on a
+CPU host takes XLA's ops). `conv_module` and `max_pool` give the models' `conv`
+and `max_pool` fields for a resolved form; the parameters, and so the
+checkpoints, are the same in every form.
 """
 
 import functools
@@ -153,21 +156,38 @@ def matmul_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
       feature_group_count=feature_group_count, precision=precision, **kwargs)
 
 
-def uses_matmuls(form: str, backend: str | None = None) -> bool:
-  """Whether `form` computes convolutions as matmuls on `backend` (default: JAX's)."""
+def resolve(form: str, platform: str | None = None) -> str:
+  """'matmul' or 'xla': the form `form` takes on `platform` (default: JAX's default backend).
+
+  `platform` is that of the devices a step is compiled for ('cpu', 'gpu', 'tpu').
+  """
   if form not in FORMS:
     raise ValueError(f'Unknown convolution form {form!r}: choose one of {FORMS}.')
-  return form == 'matmul' or (form == 'auto' and
-                              (backend or jax.default_backend()) == 'cpu')
+  if form != 'auto':
+    return form
+  return 'matmul' if (platform or jax.default_backend()) == 'cpu' else 'xla'
+
+
+def uses_matmuls(form: str, backend: str | None = None) -> bool:
+  """Whether `form` computes convolutions as matmuls on `backend` (default: JAX's)."""
+  return resolve(form, backend) == 'matmul'
 
 
 def conv_module(form: str) -> Callable[..., nn.Module]:
-  """The models' `conv` field for `form`: the Xavier-initialised Conv, in that form."""
-  if uses_matmuls(form):
+  """The models' `conv` field for a resolved `form`: the Xavier-initialised Conv, in that form."""
+  if _checked(form) == 'matmul':
     return functools.partial(Conv, conv_general_dilated=matmul_conv_general_dilated)
   return Conv
 
 
 def max_pool(form: str) -> Callable[..., jax.Array]:
-  """The models' `max_pool` field for `form`, called as `nn.max_pool`."""
-  return indexed_max_pool if uses_matmuls(form) else nn.max_pool
+  """The models' `max_pool` field for a resolved `form`, called as `nn.max_pool`."""
+  return indexed_max_pool if _checked(form) == 'matmul' else nn.max_pool
+
+
+def _checked(form: str) -> str:
+  """`form`, which must be resolved: 'auto' depends on the devices, not known here."""
+  if form not in ('matmul', 'xla'):
+    raise ValueError(f'Expected a resolved form, matmul or xla, got {form!r}: '
+                     'see conv_lowering.resolve.')
+  return form

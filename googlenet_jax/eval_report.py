@@ -1,9 +1,9 @@
 """What `--mode=eval` leaves: eval.json, a per-class table and the confusion matrix."""
 
 import json
-import os
 from typing import Any, Sequence
 
+from etils import epath
 import numpy as np
 
 from googlenet_jax import plots
@@ -34,10 +34,13 @@ def format_per_class(result: dict[str, Any]) -> str:
 
 
 def write(result: dict[str, Any], workdir: str) -> None:
-  """Writes WORKDIR/eval.json and WORKDIR/confusion_matrix.png; prints the table."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  """Writes WORKDIR/eval.json and WORKDIR/confusion_matrix.png; prints the table.
+
+  WORKDIR may be a local path or a gs:// URL.
+  """
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
   plots.write_confusion_matrix(result['confusion_matrix'], CLASS_NAMES,
-                               os.path.join(workdir, 'confusion_matrix.png'))
+                               workdir / 'confusion_matrix.png')
   print(f'Checkpoint at step {result["step"]}:\n{format_per_class(result)}')

@@ -1,11 +1,33 @@
 """Scalars and the config to TensorBoard (tensorboardX, no TensorFlow); scalars also
-to WORKDIR/metrics.jsonl."""
+to WORKDIR/metrics.jsonl. WORKDIR may be a local path or a gs:// URL (etils.epath)."""
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Mapping
 
+from etils import epath
 from tensorboardX import SummaryWriter
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  """Whether `path` is a URL such as gs://bucket/run rather than a local path."""
+  return '://' in str(path)
+
+
+def write_whole(path: epath.Path, text: str) -> None:
+  """Writes `text` as `path` so that a reader, or a kill, finds the old or the new file.
+
+  A GCS object is uploaded whole or not at all; a local file is written beside
+  `path` and renamed over it.
+  """
+  if is_url(path):
+    path.write_text(text)
+  else:
+    temporary = path.with_name(path.name + '.tmp')
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 class MetricWriter:
@@ -13,14 +35,25 @@ class MetricWriter:
 
   Use it as a context manager, so that it is closed however the run ends. An
   inactive writer (every process but the first of a multi-host run) writes nothing.
+
+  GCS objects cannot be appended to, so metrics.jsonl is written whole each time.
+  For a gs:// workdir the event file is written in a local directory and copied
+  to the workdir after every flush (tensorboardX's own gs:// writer uploads again
+  when it is garbage collected, and waits minutes if it cannot).
   """
 
   def __init__(self, workdir: str, active: bool = True):
     self.active = active
+    self._closed = not active
     if active:
-      os.makedirs(workdir, exist_ok=True)
-      self._summary_writer = SummaryWriter(logdir=workdir)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._workdir = epath.Path(workdir)
+      self._workdir.mkdir(parents=True, exist_ok=True)
+      self._events_dir = (tempfile.mkdtemp(prefix='googlenet_jax_events_')
+                          if is_url(workdir) else workdir)
+      self._summary_writer = SummaryWriter(logdir=self._events_dir)
+      self._jsonl = self._workdir / 'metrics.jsonl'
+      self._lines = self._jsonl.read_text() if self._jsonl.exists() else ''
+      write_whole(self._jsonl, self._lines)  # There from the start, as a log file.
 
   def __enter__(self) -> 'MetricWriter':
     return self
@@ -33,9 +66,9 @@ class MetricWriter:
       return
     for name, value in scalars.items():
       self._summary_writer.add_scalar(name, value, global_step=step)
-    self._summary_writer.flush()
-    self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
-    self._jsonl.flush()
+    self._flush_events()
+    self._lines += json.dumps({'step': step, **scalars}) + '\n'
+    write_whole(self._jsonl, self._lines)
 
   def write_config(self, step: int, config) -> None:
     """Writes the config as TensorBoard text, indented so it shows as code."""
@@ -43,13 +76,27 @@ class MetricWriter:
       return
     text = '\n'.join('    ' + line for line in str(config).splitlines())
     self._summary_writer.add_text('config', text, global_step=step)
+    self._flush_events()
+
+  def _flush_events(self) -> None:
     self._summary_writer.flush()
+    self._copy_events()
+
+  def _copy_events(self) -> None:
+    """Copies the local event file to a gs:// workdir, whole."""
+    if is_url(self._workdir):
+      for name in os.listdir(self._events_dir):
+        with open(os.path.join(self._events_dir, name), 'rb') as f:
+          (self._workdir / name).write_bytes(f.read())
 
   @property
   def closed(self) -> bool:
-    return not self.active or self._jsonl.closed
+    return self._closed
 
   def close(self) -> None:
-    if self.active and not self._jsonl.closed:
+    if not self._closed:
       self._summary_writer.close()
-      self._jsonl.close()
+      self._copy_events()
+      if is_url(self._workdir):
+        shutil.rmtree(self._events_dir)
+      self._closed = True

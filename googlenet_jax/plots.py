@@ -1,12 +1,14 @@
 """The pictures a run leaves in WORKDIR: curves, confusion matrix, predictions.
 
 Drawn with matplotlib's Agg backend, so they need no display (a TPU VM has none).
+Paths may be local or gs:// URLs (etils.epath).
 """
 
+import io
 import json
-import os
 from typing import Sequence
 
+from etils import epath
 import matplotlib
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -16,18 +18,17 @@ import numpy as np
 CURVES = ('train_loss', 'test_loss', 'test_accuracy')
 
 
-def read_epochs(metrics_path: str) -> list[dict[str, float]]:
+def read_epochs(metrics_path: str | epath.Path) -> list[dict[str, float]]:
   """The per-epoch records of metrics.jsonl, one per step, in step order.
 
   A run stopped between logging and checkpointing logs that step again when it
   resumes; the later record wins.
   """
   by_step = {}
-  with open(metrics_path) as f:
-    for line in f:
-      record = json.loads(line)
-      if {'epoch', *CURVES} <= record.keys():
-        by_step[record['step']] = record
+  for line in epath.Path(metrics_path).read_text().splitlines():
+    record = json.loads(line)
+    if {'epoch', *CURVES} <= record.keys():
+      by_step[record['step']] = record
   return [by_step[step] for step in sorted(by_step)]
 
 
@@ -37,8 +38,9 @@ def write_curves(workdir: str) -> str:
   Returns:
     The path of the PNG.
   """
-  records = read_epochs(os.path.join(workdir, 'metrics.jsonl'))
-  return _save(curves_figure(records), os.path.join(workdir, 'curves.png'))
+  workdir = epath.Path(workdir)
+  records = read_epochs(workdir / 'metrics.jsonl')
+  return _save(curves_figure(records), workdir / 'curves.png')
 
 
 def curves_figure(records: Sequence[dict[str, float]]):
@@ -57,8 +59,8 @@ def curves_figure(records: Sequence[dict[str, float]]):
   return fig
 
 
-def write_confusion_matrix(matrix: Sequence[Sequence[int]],
-                           class_names: Sequence[str], path: str) -> str:
+def write_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str],
+                           path: str | epath.Path) -> str:
   """Draws the confusion matrix as `path`; returns the path."""
   return _save(confusion_matrix_figure(matrix, class_names), path)
 
@@ -113,9 +115,13 @@ def predictions_figure(images: np.ndarray, labels: Sequence[int],
   return fig
 
 
-def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def _save(fig, path: str | epath.Path) -> str:
+  """Writes `fig` as `path`, in the format its suffix names (.png)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path)
+  image = io.BytesIO()
+  fig.savefig(image, format=path.suffix.lstrip('.'))
   plt.close(fig)
-  return path
+  path.write_bytes(image.getvalue())
+  return str(path)

@@ -7,12 +7,12 @@ step. The steps themselves are in `steps.py`, the initial state in
 
 import itertools
 import math
-import os
-import tempfile
 import time
 from typing import Callable, Iterable
+import uuid
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -31,13 +31,17 @@ from googlenet_jax.metric_writers import MetricWriter
 
 
 def make_workdir(workdir: str) -> None:
-  """Creates `workdir`; UserError, before any work is done, if it cannot be written."""
+  """Creates `workdir` (a local path or a gs:// URL); UserError, before any work is
+  done, if it cannot be written."""
+  path = epath.Path(workdir)
+  probe = path / f'.write_test_{uuid.uuid4().hex}'  # One per host and process.
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
-  except OSError as e:
-    raise UserError(f'Cannot write to the workdir {workdir} ({e.strerror}): '
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:  # gcsfs: FileNotFoundError for a bucket that does not exist.
+    raise UserError(f'Cannot write to the workdir {workdir} '
+                    f'({e.strerror or f"{type(e).__name__}: {e}"}): '
                     'choose another --workdir.') from e
 
 

@@ -10,11 +10,13 @@ import runpy
 import subprocess
 import sys
 import tempfile
+import uuid
 
 import chex
 import pytest
 
 from fake_data import write_dataset
+from gcs_server import GcsServer
 from googlenet_jax import compilation_cache
 from googlenet_jax import train
 
@@ -80,3 +82,21 @@ def trained(config, tmp_path_factory):
   """
   workdir = str(tmp_path_factory.mktemp('trained'))
   return workdir, train.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope='session')
+def gcs():
+  """A GCS server on 127.0.0.1 that this process and its subprocesses reach as gs://."""
+  server = GcsServer()
+  saved = dict(os.environ)
+  os.environ.update(server.environ())
+  yield server
+  os.environ.clear()
+  os.environ.update(saved)
+  server.stop()
+
+
+@pytest.fixture
+def bucket(gcs) -> str:
+  """A new, empty bucket on the `gcs` server: 'gs://NAME'."""
+  return gcs.create_bucket(f'bucket-{uuid.uuid4().hex[:12]}')

@@ -52,8 +52,9 @@ flags.DEFINE_bool('largest_batch', False,
                   'For --mode=compile: also find the largest per-chip batch (a power '
                   'of two) whose train step fits in HBM, by compiling (minutes).')
 flags.DEFINE_bool('distributed', False,
-                  'Join several processes with jax.distributed: auto-detected on '
-                  'Cloud TPU VMs; elsewhere also give the three flags below.')
+                  'Join several processes with jax.distributed, found by JAX '
+                  '(SLURM, Open MPI). Cloud TPU VMs of a pod slice join without '
+                  'it; elsewhere give the three flags below.')
 flags.DEFINE_string('coordinator_address', '',
                     'host:port of process 0, for runs of several processes.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in the run.')
@@ -107,9 +108,8 @@ def main(argv):
       tpu_compile.prepare_host(FLAGS.topology)
     else:
       compilation_cache.enable(config.compilation_cache_dir)
-    if FLAGS.distributed or FLAGS.coordinator_address:
-      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                             FLAGS.process_id)
+    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
+                           FLAGS.num_processes, FLAGS.process_id)
     logging.info('JAX process %d of %d, local devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())
     MODES[FLAGS.mode](config, FLAGS.workdir)

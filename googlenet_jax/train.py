@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from googlenet_jax import checkpoint
+from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
 from googlenet_jax import plots
@@ -137,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   num_steps = train_state.total_train_steps(config, steps_per_epoch)
   manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
                                       config.max_checkpoints_to_keep)
+  distributed.check_hosts_agree(manager.latest_step() or 0, config, workdir)
   state = restore_or_create(config, manager, steps_per_epoch)
   step = int(state.step)
   state = train_state.replicate(state)

@@ -6,19 +6,24 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import time
 
 import chex
 from etils import epath
+import jax
 from matplotlib import image as mpimg
 import pytest
 
 from conftest import REPO, start_main
+from gcs_server import free_port
+from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import predict
 from googlenet_jax import train
 from googlenet_jax import train_state
+from googlenet_jax.errors import UserError
 
 
 def finished_steps(gcs, workdir: str) -> list[int]:
@@ -72,3 +77,48 @@ def test_a_run_in_a_bucket_is_killed_resumes_bit_exactly_and_is_evaluated(
   assert path == f'{workdir}/predictions.png'
   assert mpimg.imread(io.BytesIO(epath.Path(path).read_bytes())).shape[2] in (3, 4)
   assert not os.path.exists(os.path.join(REPO, 'gs:'))  # Nothing written locally.
+
+
+def start_hosts(workdirs, config, *args):
+  """One main.py process of 4 CPU devices per workdir, joined through gloo."""
+  address = f'127.0.0.1:{free_port()}'
+  return [start_main(workdir, config, f'--coordinator_address={address}',
+                     f'--num_processes={len(workdirs)}', f'--process_id={i}', *args,
+                     num_devices=4)
+          for i, workdir in enumerate(workdirs)]
+
+
+def test_hosts_with_workdirs_of_their_own_stop_at_once_with_one_line(config, trained,
+                                                                      tmp_path):
+  # Host 0's workdir holds the finished run's checkpoint, host 1's is empty.
+  shutil.copytree(trained[0], tmp_path / 'host0')
+  processes = start_hosts([tmp_path / 'host0', tmp_path / 'host1'], config)
+  for process in processes:
+    _, stderr = process.communicate(timeout=120)  # Not a hang.
+    assert process.returncode == 1, stderr[-3000:]
+    assert 'Traceback' not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith('Error:')]
+    assert len(lines) == 1, stderr[-3000:]
+    assert 'process 0: step 6, process 1: step 0' in lines[0], lines[0]
+    assert 'shared by all hosts, e.g. a gs:// bucket' in lines[0], lines[0]
+  assert not (tmp_path / 'host1' / 'checkpoints').exists() or not any(
+      (tmp_path / 'host1' / 'checkpoints').iterdir())
+
+
+def test_several_processes_without_a_distributed_client_are_refused(monkeypatch):
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
+  with pytest.raises(UserError, match='no jax.distributed client joins them'):
+    distributed.initialize()
+
+
+def test_hosts_of_a_cloud_tpu_slice_join_without_a_flag(monkeypatch):
+  calls = []
+  monkeypatch.setattr(distributed, 'on_cloud_tpu_vm_cluster', lambda: True)
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda *args: calls.append(args))
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: True)
+  distributed.initialize()
+  assert calls == [(None, None, None)]  # JAX finds the coordinator and the ids.
+  monkeypatch.setattr(distributed, 'on_cloud_tpu_vm_cluster', lambda: False)
+  distributed.initialize()  # One process: nothing to join.
+  assert len(calls) == 1

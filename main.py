@@ -114,8 +114,10 @@ def main(argv):
                  jax.process_count(), jax.local_devices())
     MODES[FLAGS.mode](config, FLAGS.workdir)
   except UserError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(1)
+    exit_with_error(str(e))
+  except OSError as e:  # A full disk, a read-only file system: eval.json, a picture.
+    exit_with_error(f'{e.strerror or e}' + (f' ({e.filename})' if e.filename else '')
+                    + '. The checkpoints are unchanged.')
 
 
 if __name__ == '__main__':

@@ -54,7 +54,11 @@ def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
 
 def restore_for_eval(config: ml_collections.ConfigDict,
                      workdir: str) -> train_state.TrainState:
-  """The latest checkpoint's state, on the host; raises UserError if there is none."""
+  """The newest readable checkpoint's state, on the host.
+
+  Raises:
+    UserError: there is none, or it was written for another model or optimizer.
+  """
   validation.check_config(config)
   target = train_state.abstract_train_state(config, train_state.create_model(config))
   manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
@@ -64,7 +68,7 @@ def restore_for_eval(config: ml_collections.ConfigDict,
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict,
                         workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint on the whole test set.
+  """Evaluates the newest readable checkpoint on the whole test set.
 
   Writes WORKDIR/eval.json and WORKDIR/confusion_matrix.png, and prints the
   accuracy of each class.

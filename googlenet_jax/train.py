@@ -27,6 +27,7 @@ from googlenet_jax import progress
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
+from googlenet_jax import workdir_lock
 from googlenet_jax.errors import UserError
 from googlenet_jax.metric_writers import MetricWriter
 
@@ -84,7 +85,7 @@ def restore_or_create(config: ml_collections.ConfigDict, manager,
                                           steps_per_epoch)
   state = checkpoint.restore(
       manager, train_state.abstract_train_state(config, model, steps_per_epoch),
-      checkpoint.meta(config))
+      checkpoint.meta(config), resume=True)
   logging.info('Resuming from the checkpoint at step %d.', state.step)
   return state
 
@@ -129,15 +130,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns:
     The final (replicated) train state.
+
+  Raises:
+    UserError: another training holds the workdir, this config cannot continue
+      from its checkpoint, or the file system failed (a full disk, no
+      permission): the last good checkpoint is kept and named.
   """
   validation.check_config(config)
   make_workdir(workdir)
+  with workdir_lock.hold(workdir, active=jax.process_index() == 0):
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
+                                        config.max_checkpoints_to_keep)
+    try:
+      return run_training(config, workdir, manager)
+    except OSError as e:  # metrics.jsonl, TensorBoard events, a picture.
+      where = f' ({e.filename})' if e.filename else ''
+      raise UserError(f'{e.strerror or e}{where}: stopped. '
+                      f'{checkpoint.last_good_checkpoint(manager)}') from e
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str,
+                 manager) -> train_state.TrainState:
+  """The body of `train_and_evaluate`, run while holding the workdir."""
   sources = input_pipeline.load_sources(config)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(sources['train']),
                                                    config.batch_size)
   num_steps = train_state.total_train_steps(config, steps_per_epoch)
-  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
-                                      config.max_checkpoints_to_keep)
   distributed.check_hosts_agree(manager.latest_step() or 0, config, workdir)
   state = restore_or_create(config, manager, steps_per_epoch)
   step = int(state.step)

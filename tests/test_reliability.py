@@ -271,7 +271,8 @@ def test_checkpoint_of_another_image_size_is_refused(config, one_step_workdir):
   before = finished_steps(one_step_workdir)
   other_size = config.copy_and_resolve_references()
   other_size.image_size = 64
-  with pytest.raises(UserError, match="was written for .*'image_size': 32"):
+  with pytest.raises(UserError, match='config.image_size is 64, but the checkpoint at '
+                     'step 1 in .* was written with image_size=32'):
     train.train_and_evaluate(other_size, str(one_step_workdir))
   assert finished_steps(one_step_workdir) == before
 
@@ -282,7 +283,7 @@ def test_truncated_checkpoint_file_is_a_user_error(config, one_step_workdir, tmp
   for path in (workdir / 'checkpoints' / '1' / 'state').rglob('*'):
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(path.read_bytes()[:50])
-  with pytest.raises(UserError, match='Cannot read the checkpoint at step 1'):
+  with pytest.raises(UserError, match='No checkpoint in .* can be read: step 1: '):
     evaluate.evaluate_checkpoint(config, str(workdir))
 
 

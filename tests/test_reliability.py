@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_main, start_main
-from fake_data import NUM_TEST
+from compare_runs import update_difference
+from fake_data import NUM_TEST, NUM_TRAIN
 from googlenet_jax import checkpoint
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
@@ -160,7 +161,12 @@ def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
       train.train_and_evaluate(short, str(tmp_path / 'one_host')))
   two = final_state(short, workdir)
   assert int(two.step) == int(one.step) == 6
-  chex.assert_trees_all_close(two.params, one.params, atol=1e-5, rtol=1e-4)
+  # gloo sums the gradients in another order than one process does: compare
+  # the whole update, as compare_runs explains, not each element.
+  initial = train_state.create_train_state(
+      jax.random.key(short.seed), short, train_state.create_model(short),
+      NUM_TRAIN // short.batch_size)
+  assert update_difference(two.params, one.params, initial.params) < 0.01
   # The 2-process checkpoint evaluates in one process.
   evaluated = evaluate.evaluate_checkpoint(short, str(workdir))
   assert (evaluated['step'], evaluated['num_examples']) == (6, NUM_TEST)

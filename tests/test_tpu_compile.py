@@ -1,0 +1,175 @@
+"""--mode=compile: the real steps compiled for Cloud TPU slices by libtpu, on this CPU.
+
+Each compile runs main.py as a user would, for a real topology; the tests read
+the compile.json it writes. 16x16 images (every max-pool and convolution still
+there) and batches of 16, 2 images per chip, prove the same as the chapter's
+96x96 at a fraction of the compile time.
+"""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import run_main
+from googlenet_jax import input_pipeline
+from googlenet_jax import summary
+from googlenet_jax import tpu_compile
+from googlenet_jax import train_state
+from googlenet_jax.models import conv_lowering
+
+# GoogLeNet's max-pools: after b1 and b2, one in each of the nine Inception
+# blocks' fourth path, and after the third and fourth groups of blocks.
+NUM_MAX_POOLS = 13
+
+
+def compile_for(config, tmp_path_factory, topology, **fields):
+  """main.py --mode=compile for `topology` with `fields` set; its compile.json."""
+  config = config.copy_and_resolve_references()
+  # 'auto', the configs' default, must pick the TPU's form on this CPU.
+  config.update(conv_lowering='auto', image_size=16, **fields)
+  workdir = tmp_path_factory.mktemp(topology)
+  result = run_main(workdir, config, '--mode=compile', f'--topology={topology}',
+                    num_devices=1)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / 'compile.json') as f:
+    return config, json.load(f), result.stdout
+
+
+@pytest.fixture(scope='module')
+def single_host(config, tmp_path_factory):
+  """v5litepod-8 (8 chips, one host) in bfloat16."""
+  return compile_for(config, tmp_path_factory, 'v5litepod-8', dtype='bfloat16')
+
+
+@pytest.fixture(scope='module')
+def pod(config, tmp_path_factory):
+  """v4-16 (8 chips on two hosts) in float32."""
+  return compile_for(config, tmp_path_factory, 'v4-16', dtype='float32')
+
+
+def num_params(config) -> int:
+  model = train_state.create_model(config, platform='tpu')
+  _, variables = summary.abstract_variables(model, config.image_size)
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(variables['params']))
+
+
+def num_conv_layers(config) -> int:
+  model = train_state.create_model(config, platform='tpu')
+  _, variables = summary.abstract_variables(model, config.image_size)
+  return sum(x.ndim == 4 for x in jax.tree.leaves(variables['params']))
+
+
+def check_report(config, report, topology, chips, hosts, device):
+  info = report['info']
+  assert (info['topology'], info['chips'], info['hosts'], info['device']) == (
+      topology, chips, hosts, device)
+  assert (info['batch_size'], info['per_chip_batch_size']) == (16, 16 // chips)
+  assert info['dtype'] == config.dtype and info['convolutions'] == 'lax.conv'
+  for name in ('train', 'eval'):
+    step = report[name]
+    assert step['compile_s'] > 0
+    memory = step['memory_per_chip']
+    assert memory['hbm_bytes'] == tpu_compile.SLICES[topology].hbm_bytes
+    assert memory['fits'] and 0 < memory['needed_bytes'] < memory['hbm_bytes']
+    # The replicated parameters are float32 in every dtype: 4 bytes each, padded
+    # to the TPU's tiles, and the chip's share of the batch.
+    param_bytes = 4 * num_params(config)
+    assert param_bytes <= memory['argument_bytes'] <= 1.2 * param_bytes + 10_000
+    assert step['flops'] == pytest.approx(chips * step['flops_per_chip'])
+    assert step['cost_model']['note'] == tpu_compile.ESTIMATE
+    assert set(step['cost_model']) >= {'step_seconds_estimate', 'images_per_sec_estimate'}
+    assert step['collectives'].get('all-reduce', 0) >= 1
+    # Collectives span every chip of the slice, not one host's.
+    assert step['collective_group_sizes'] == [chips]
+  # A train step is about 3 forward passes (forward, and the gradients of
+  # inputs and weights) of the chip's share of the batch, an eval step one.
+  # XLA's TPU cost analysis counts some padding that the CPU's does not: at
+  # 16x16, 2.75 (v5e, bf16) to 3.9 (v4, f32) passes; twice the share is 5.5+.
+  per_image = sum(s.flops for s in summary.block_stats(
+      train_state.create_model(config, platform='tpu'), config.image_size))
+  per_chip = 16 // chips
+  assert 2.5 < report['train']['flops_per_chip'] / (per_chip * per_image) < 4.2
+  assert 0.75 < report['eval']['flops_per_chip'] / (per_chip * per_image) < 1.4
+
+
+@pytest.mark.xdist_group('tpu_single_host')
+def test_compile_for_a_single_host_slice_writes_every_field(single_host):
+  config, report, stdout = single_host
+  check_report(config, report, 'v5litepod-8', chips=8, hosts=1, device='TPU v5 lite')
+  assert 'images/s (estimate)' in stdout and 'not measured' in stdout
+
+
+@pytest.mark.xdist_group('tpu_single_host')
+def test_bfloat16_convolutions_are_bf16_and_xlas_own_on_a_tpu(single_host):
+  config, report, _ = single_host
+  train, evaluation = report['train'], report['eval']
+  # Forward, input and kernel gradients of every conv, but the first's input gradient.
+  num_convs = num_conv_layers(config)
+  assert train['convolution_operand_dtypes'] == {'bf16': 3 * num_convs - 1}
+  assert evaluation['convolution_operand_dtypes'] == {'bf16': num_convs}
+  # No im2col (the CPU form's convolutions are matmuls: none would be left) and
+  # XLA's own max-pool gradient, not the CPU form's indexed one.
+  assert train['max_pool_ops'] == {'select-and-scatter': NUM_MAX_POOLS,
+                                   'indexed_max_pool': 0}
+
+
+@pytest.mark.xdist_group('tpu_pod')
+def test_compile_for_a_pod_slice_takes_each_hosts_input(pod):
+  config, report, _ = pod
+  check_report(config, report, 'v4-16', chips=8, hosts=2, device='TPU v4')
+  assert report['train']['convolution_operand_dtypes'] == {
+      'f32': 3 * num_conv_layers(config) - 1}
+  # Each of the two hosts feeds its 4 chips what its input pipeline makes.
+  source = input_pipeline.ArraySource(np.zeros((16, 28, 28, 1), np.uint8),
+                                      np.zeros(16, np.int32))
+  host_batch = next(input_pipeline.train_batches(
+      source, global_batch_size=16, seed=0, epoch=0, process_index=1,
+      process_count=2, num_local_devices=4))
+  assert report['input_shapes']['train'] == {
+      'image': [[4, 2, 28, 28, 1], 'uint8'], 'label': [[4, 2], 'int32']}
+  assert report['input_shapes']['train'] == tpu_compile.shapes(host_batch)
+
+
+def test_an_unknown_topology_is_one_line(config, tmp_path):
+  result = run_main(tmp_path, config, '--mode=compile', '--topology=v5e-8',
+                    num_devices=1)
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[-1] == (
+      "Error: Unknown --topology 'v5e-8': choose one of v4-8, v4-16, v5litepod-8, "
+      'v5litepod-16, v5p-8, v6e-8 (Cloud TPU accelerator types).')
+  assert 'Traceback' not in result.stderr
+
+
+def test_a_batch_beyond_hbm_is_one_line(config, tmp_path):
+  # 8 images of 4096x4096 per chip: the first convolution's output alone is
+  # 8 x 2048 x 2048 x 64 floats, 8 GiB, and its gradients as much again, more
+  # than a v5e chip's 15.75 GiB of HBM.
+  result = run_main(tmp_path, config, '--mode=compile', '--topology=v5litepod-8',
+                    '--config.image_size=4096', '--config.batch_size=64',
+                    num_devices=1)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith('Error:')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert errors[0].startswith(
+      'Error: The train step at batch 64 (8 per chip) does not fit on '
+      'v5litepod-8: a chip would need ')
+  assert errors[0].endswith(' of HBM for temporaries alone and has 15.75 GiB; use a '
+                            'smaller --config.batch_size.')
+  assert not os.path.exists(tmp_path / 'compile.json')
+
+
+def test_auto_form_follows_the_platform_compiled_for(config):
+  auto = config.copy_and_resolve_references()
+  auto.conv_lowering = 'auto'
+  on_tpu = train_state.create_model(auto, platform='tpu')
+  on_cpu = train_state.create_model(auto, platform='cpu')
+  # One process holds both forms, each cached on its own.
+  assert on_tpu is train_state.create_model(auto, conv_form='xla')
+  assert on_cpu is train_state.create_model(auto, conv_form='matmul')
+  assert on_tpu.max_pool is conv_lowering.max_pool('xla')
+  assert on_cpu.max_pool is conv_lowering.indexed_max_pool

@@ -173,3 +173,14 @@ def test_auto_form_follows_the_platform_compiled_for(config):
   assert on_cpu is train_state.create_model(auto, conv_form='matmul')
   assert on_tpu.max_pool is conv_lowering.max_pool('xla')
   assert on_cpu.max_pool is conv_lowering.indexed_max_pool
+
+
+def test_the_cost_models_time_counts_only_where_it_can_be_right():
+  v5e = tpu_compile.SLICES['v5litepod-8']
+  flops = 23.5e9  # fmnist96's train step on one v5e chip at batch 128.
+  assert tpu_compile.step_seconds_estimate(1.71e-3, flops, v5e) == 1.71e-3
+  # XLA's figure at a per-chip batch of 1024 (bf16, v5e), as issue 19 found it.
+  assert tpu_compile.step_seconds_estimate(-64.0, 32 * flops, v5e) is None
+  assert tpu_compile.step_seconds_estimate(None, flops, v5e) is None
+  # Faster than the chip's peak allows.
+  assert tpu_compile.step_seconds_estimate(0.9 * flops / v5e.peak_flops, flops, v5e) is None

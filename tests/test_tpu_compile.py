@@ -9,12 +9,14 @@ there) and batches of 16, 2 images per chip, prove the same as the chapter's
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import run_main
+from conftest import REPO, run_main
 from googlenet_jax import input_pipeline
 from googlenet_jax import summary
 from googlenet_jax import tpu_compile
@@ -142,6 +144,26 @@ def test_an_unknown_topology_is_one_line(config, tmp_path):
       "Error: Unknown --topology 'v5e-8': choose one of v4-8, v4-16, v5litepod-8, "
       'v5litepod-16, v5p-8, v6e-8 (Cloud TPU accelerator types).')
   assert 'Traceback' not in result.stderr
+
+
+# main.py as `python main.py` runs it, in a Python that cannot import libtpu.
+WITHOUT_LIBTPU = """
+import runpy, sys
+sys.modules['libtpu'] = None  # import libtpu raises ImportError.
+sys.argv = ['main.py', '--config=configs/fmnist96.py', '--mode=compile',
+            '--topology=v5litepod-8', '--workdir=' + sys.argv[1]]
+runpy.run_path('main.py', run_name='__main__')
+"""
+
+
+def test_without_libtpu_compile_is_one_line(tmp_path):
+  result = subprocess.run([sys.executable, '-c', WITHOUT_LIBTPU, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.splitlines()[-1] == (
+      'Error: Compiling for a TPU needs libtpu, which is not installed: pip install -r '
+      'requirements.txt (libtpu==0.0.42.1).')
 
 
 def test_a_batch_beyond_hbm_is_one_line(config, tmp_path):

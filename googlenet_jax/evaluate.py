@@ -1,6 +1,6 @@
 """Evaluation over a whole split, and `--mode=eval` of the latest checkpoint."""
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from absl import logging
 import jax
@@ -35,17 +35,21 @@ def sum_metrics(batches_metrics: Iterable[steps.Metrics]) -> dict[str, Any]:
   return fetch_metrics(total)
 
 
+def device_batches(source, config: ml_collections.ConfigDict) -> Iterator[dict]:
+  """This process's share of every global batch of `source`, in order, on its devices."""
+  return input_pipeline.prefetch_to_device(input_pipeline.eval_batches(
+      source, global_batch_size=config.eval_batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_local_devices=jax.local_device_count()))
+
+
 def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
              config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Loss, accuracy and confusion matrix over every example of `source`, each once."""
-  batches = input_pipeline.eval_batches(
-      source, global_batch_size=config.eval_batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_local_devices=jax.local_device_count())
-  batches = progress.track(input_pipeline.prefetch_to_device(batches), 'test',
+  batches = progress.track(device_batches(source, config), 'test',
                            -(-len(source) // config.eval_batch_size),
                            config.eval_batch_size)
-  total = sum_metrics(p_eval_step(state, batch) for batch in batches)
+  total = sum_metrics(p_eval_step(state, batch)[0] for batch in batches)
   return {'loss': total['loss'] / total['count'],
           'accuracy': total['correct'] / total['count'],
           'num_examples': int(total['count']),

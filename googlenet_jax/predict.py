@@ -1,9 +1,10 @@
 """`--mode=predict`: test images with their true and predicted classes, as a picture."""
 
-import functools
+import itertools
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -11,36 +12,44 @@ from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
 from googlenet_jax import plots
 from googlenet_jax import steps
+from googlenet_jax import train_state
 
 
 def predict(state, source, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """The first `config.num_predictions` test examples and their predicted classes.
 
-  With `config.predictions_only_mistakes`, only misclassified examples count,
-  and the test set is read batch by batch until there are enough.
+  The classes are the eval step's, on every device of every process; with
+  `config.predictions_only_mistakes`, only misclassified examples count, and the
+  test set is read batch by batch until there are enough.
+
+  Args:
+    state: the train state, on the host.
+    source: the test examples.
+    config: the run's config.
 
   Returns:
     {'image': uint8 [N, 28, 28, 1], 'label': [N], 'prediction': [N]}.
   """
-  predict_logits = jax.jit(functools.partial(steps.eval_logits,
-                                             image_size=config.image_size))
-  state = jax.device_put(state)  # Once, not with every batch.
-  found = {'image': [], 'label': [], 'prediction': []}
-  batches = input_pipeline.eval_batches(
-      source, global_batch_size=config.eval_batch_size, process_index=0,
-      process_count=1, num_local_devices=1)
-  for batch in batches:
-    batch = {k: v[0] for k, v in batch.items()}  # The one "device" axis.
-    predictions = np.asarray(predict_logits(state, batch['image'])).argmax(-1)
-    keep = batch['mask']
+  p_eval_step = steps.pmap_eval_step(config)
+  state = train_state.replicate(state)
+  indices, predictions = [], []
+  batch_starts = itertools.count(0, config.eval_batch_size)
+  for start, batch in zip(batch_starts, evaluate.device_batches(source, config)):
+    _, predicted = p_eval_step(state, batch)
+    # Every process's rows, in the global batch's order: all processes see the
+    # same predictions, so they stop at the same batch.
+    predicted = multihost_utils.process_allgather(predicted, tiled=True).reshape(-1)
+    index = np.arange(start, start + len(predicted))
+    keep = index < len(source)  # Not the last batch's padding.
     if config.predictions_only_mistakes:
-      keep = keep & (predictions != batch['label'])
-    found['image'].append(batch['image'][keep])
-    found['label'].append(batch['label'][keep])
-    found['prediction'].append(predictions[keep])
-    if sum(len(p) for p in found['prediction']) >= config.num_predictions:
+      keep &= predicted != source.labels[np.minimum(index, len(source) - 1)]
+    indices.append(index[keep])
+    predictions.append(predicted[keep])
+    if sum(map(len, indices)) >= config.num_predictions:
       break
-  return {k: np.concatenate(v)[:config.num_predictions] for k, v in found.items()}
+  index = np.concatenate(indices)[:config.num_predictions]
+  return {'image': source.images[index], 'label': source.labels[index],
+          'prediction': np.concatenate(predictions)[:config.num_predictions]}
 
 
 def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -121,7 +121,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], image_size: int,
 
 
 def eval_logits(state: TrainState, images: jax.Array, image_size: int) -> jax.Array:
-  """float32 logits of uint8 images in inference mode; evaluation and prediction share it."""
+  """float32 logits of uint8 images in inference mode."""
   # BatchNorm in inference mode (train=False) normalises with the running
   # averages kept in state.batch_stats and leaves them unchanged.
   logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
@@ -130,13 +130,17 @@ def eval_logits(state: TrainState, images: jax.Array, image_size: int) -> jax.Ar
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
-              image_size: int) -> Metrics:
-  """Metric sums and confusion matrix of one evaluation batch; padding is masked out."""
+              image_size: int) -> tuple[Metrics, jax.Array]:
+  """Metric sums and confusion matrix of one evaluation batch, and its predicted classes.
+
+  Padding is masked out of the sums; the predictions ([per-device batch], int32)
+  cover every row, padding included.
+  """
   logits = eval_logits(state, batch['image'], image_size)
   mask = batch['mask'].astype(jnp.int32)
   metrics = compute_metrics(logits, batch['label'], mask.astype(jnp.float32))
   metrics['confusion'] = confusion_matrix(logits, batch['label'], mask)
-  return metrics
+  return metrics, jnp.argmax(logits, -1).astype(jnp.int32)
 
 
 def pmap_train_step(config: ml_collections.ConfigDict,

@@ -8,6 +8,7 @@ or one flipped bit, a real momentum or batch size change.
 import json
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -36,54 +37,60 @@ def largest_array_file(step_dir):
   return max(files, key=lambda p: p.stat().st_size)
 
 
-def test_a_second_training_on_a_live_workdir_stops_at_once(config, tmp_path):
-  holder = start_main(tmp_path, config)
-  lock = tmp_path / 'train.lock'
+@pytest.fixture(scope='module')
+def contested_run(config, tmp_path_factory):
+  """A main.py training of two steps, each checkpointed, and a second training
+  of its workdir started in this process while it runs.
+
+  Returns:
+    (its workdir, its process, its stderr, the second training's UserError).
+  """
+  workdir = tmp_path_factory.mktemp('contested')
+  holder = start_main(workdir, config, '--config.num_train_steps=2',
+                      '--config.checkpoint_every_steps=1')
+  lock = workdir / 'train.lock'
   deadline = time.monotonic() + 120
   while f'pid {holder.pid} ' not in (lock.read_text() if lock.exists() else ''):
     assert holder.poll() is None, holder.communicate()[1][-3000:]
     assert time.monotonic() < deadline, 'the first training never took the lock'
     time.sleep(0.02)
-  with pytest.raises(UserError) as error:
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(UserError) as refusal:
+    train.train_and_evaluate(config, str(workdir))
   assert holder.poll() is None, 'the refusal came after the first training ended'
-  message = str(error.value)
-  assert f'The workdir {tmp_path} is in use by another training (pid {holder.pid} on host ' in message
-  assert '\n' not in message
   _, stderr = holder.communicate(timeout=300)
+  return workdir, holder, stderr, refusal.value
+
+
+def test_a_second_training_on_a_live_workdir_stops_at_once(contested_run):
+  workdir, holder, stderr, refusal = contested_run
+  assert str(refusal).startswith(
+      f'The workdir {workdir} is in use by another training (pid {holder.pid} on '
+      'host '), refusal
+  assert '\n' not in str(refusal)
+  # The first run is whole: its epoch logged once, its checkpoints in place.
   assert holder.returncode == 0, stderr[-3000:]
-  # The first run is whole: each epoch logged once, its checkpoints in place.
-  assert logged_steps(tmp_path) == [3, 6]
-  assert steps_on_disk(tmp_path) == ['3', '6']
+  assert logged_steps(workdir) == [2]
+  assert steps_on_disk(workdir) == ['1', '2']
 
 
-@pytest.fixture(scope='module')
-def two_step_workdir(config, tmp_path_factory):
-  """A run of two steps, each checkpointed; copy it to change it."""
-  workdir = tmp_path_factory.mktemp('two_steps')
-  two_steps = config.copy_and_resolve_references()
-  two_steps.num_train_steps = 2
-  two_steps.checkpoint_every_steps = 1
-  train.train_and_evaluate(two_steps, str(workdir))
+@pytest.fixture
+def two_step_workdir(contested_run, tmp_path):
+  """A copy of the contested run's workdir: checkpoints of steps 1 and 2, and a
+  train.lock naming a process that has ended (it never blocks a training)."""
+  workdir = tmp_path / 'w'
+  shutil.copytree(contested_run[0], workdir)
   return workdir
 
 
-def copy_of(workdir, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
-  copy = tmp_path / 'w'
-  shutil.copytree(workdir, copy)
-  return copy
-
-
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_before_it(
-    config, two_step_workdir, tmp_path, caplog):
-  workdir = copy_of(two_step_workdir, tmp_path)
+    config, two_step_workdir, caplog):
+  workdir = two_step_workdir
   garbage = np.random.default_rng(0).bytes(
       largest_array_file(workdir / 'checkpoints' / '2').stat().st_size)
   largest_array_file(workdir / 'checkpoints' / '2').write_bytes(garbage)
   caplog.set_level(logging.WARNING)
   # Eval, a reader, uses step 1, says why, and moves nothing.
-  assert evaluate.evaluate_checkpoint(config, str(workdir))['step'] == 1
+  assert evaluate.restore_for_eval(config, str(workdir)).step == 1
   assert 'The checkpoint at step 2 cannot be read' in caplog.text
   assert 'using step 1' in caplog.text
   assert steps_on_disk(workdir) == ['1', '2']
@@ -133,8 +140,8 @@ def test_a_config_change_that_cannot_continue_is_named(config, two_step_workdir,
 
 
 def test_a_checkpoint_of_before_the_config_record_restores_and_refuses_a_new_optimizer(
-    config, two_step_workdir, tmp_path):
-  workdir = copy_of(two_step_workdir, tmp_path)
+    config, two_step_workdir):
+  workdir = two_step_workdir
   for step in ('1', '2'):  # The meta of commit 24c747a: the model and its input.
     (workdir / 'checkpoints' / step / 'meta' / 'metadata').write_text(json.dumps(
         {'model': config.model, 'num_classes': config.num_classes,

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -62,14 +63,41 @@ def test_a_stop_mid_epoch_reports_the_epoch_after_the_resume(
   assert [epoch for epoch, _ in logged_epochs(tmp_path)] == [1, 2]
 
 
-def test_an_error_closes_the_metric_writer(config, tmp_path, monkeypatch,
-                                          closed_writers):
-  def full_disk(*args, **kwargs):
-    raise UserError('No space left on device')
-  monkeypatch.setattr(train, 'report_epoch', full_disk)  # After epoch 1's steps.
-  with pytest.raises(UserError, match='No space left'):
-    train.train_and_evaluate(config, str(tmp_path))
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 30 MB file system: room for one checkpoint of `config` (22 MB), not two."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=30m', 'tmpfs', str(mount)],
+                           capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f'Cannot mount a tmpfs (the tests need root): {mounted.stderr.strip()}')
+  yield mount
+  subprocess.run(['umount', str(mount)], check=True)
+
+
+def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes(
+    config, small_disk, closed_writers):
+  two_steps = config.copy_and_resolve_references()
+  two_steps.num_train_steps = 2
+  two_steps.checkpoint_every_steps = 1
+  workdir = small_disk / 'w'
+  checkpoints = workdir / 'checkpoints'
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(two_steps, str(workdir))
+  assert str(error.value) == (
+      f'Cannot save the checkpoint of step 2 in {checkpoints} (No space left on '
+      f'device): stopped. The last good checkpoint is step 1 in {checkpoints}; free '
+      'space (or fix the directory) and run the same command to resume from it.')
   assert len(closed_writers) == 1 and closed_writers[0].closed
+  step_1, half_written = sorted(os.listdir(checkpoints))
+  assert (step_1, half_written) == ('1', '2.orbax-checkpoint-tmp')
+  # With space freed, the same command resumes from step 1 and removes the
+  # half-written step 2 before it saves a whole one.
+  subprocess.run(['mount', '-o', 'remount,size=80m', str(small_disk)], check=True)
+  train.train_and_evaluate(two_steps, str(workdir))
+  assert sorted(os.listdir(checkpoints)) == ['1', '2']
+  assert logged_epochs(workdir) == [(1, 2)]
 
 
 def test_an_epoch_logs_the_learning_rate_of_its_last_update(config, tmp_path):

@@ -23,6 +23,7 @@ import time
 from typing import Callable
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,6 +31,7 @@ import numpy as np
 
 from googlenet_jax import input_pipeline
 from googlenet_jax import steps
+from googlenet_jax import train
 from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError
@@ -400,13 +402,12 @@ def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
   """--mode=compile: compiles for the slice, prints the table, writes WORKDIR/compile.json."""
   validation.check_config(config)
   tpu_slice(accelerator_type)
-  os.makedirs(workdir, exist_ok=True)
+  train.make_workdir(workdir)
   report = compile_steps(config, accelerator_type)
   if find_largest_batch:
     report['largest_batch'] = largest_batch(config, accelerator_type, report)
-  path = os.path.join(workdir, 'compile.json')
-  with open(path, 'w') as f:
-    json.dump(report, f, indent=2)
+  path = epath.Path(workdir) / 'compile.json'
+  path.write_text(json.dumps(report, indent=2))
   print(format_table(report))
   logging.info('Wrote %s.', path)
   return report

@@ -9,10 +9,10 @@ FLOPs; XLA skips those that fall on padding, so padded convs read a bit low.
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from googlenet_jax import models
 from googlenet_jax import summary
+from googlenet_jax import train_state
 from googlenet_jax.models import classic
 
 IMAGE_SIZES = (224, 96)
@@ -34,22 +34,21 @@ def compared_models(num_classes: int = 10) -> dict[str, object]:
              for name, model in models.MODELS.items()}}
 
 
-def count_params(model, image_size: int) -> int:
-  """Trainable parameters (not BatchNorm's running averages), from shapes only."""
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), images)
-  return summary.count_params(variables['params'])
+def abstract_variables(model, image_size: int):
+  """`model`'s variables for one image, as shapes only."""
+  return jax.eval_shape(model.init, jax.random.key(0), train_state.one_image(image_size))
 
 
 def multiply_adds(model, image_size: int) -> float:
   """Multiply-adds of one inference forward pass, from XLA's cost analysis."""
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), images)
-  return summary.xla_flops(model.apply, variables, images) / 2
+  return summary.xla_flops(model.apply, abstract_variables(model, image_size),
+                           train_state.one_image(image_size)) / 2
 
 
 def model_cost(name: str, model) -> Cost:
-  return Cost(name, {size: count_params(model, size) for size in IMAGE_SIZES},
+  """Trainable parameters (not BatchNorm's running averages) and multiply-adds, by size."""
+  return Cost(name, {size: summary.count_params(abstract_variables(model, size)['params'])
+                     for size in IMAGE_SIZES},
               {size: multiply_adds(model, size) for size in IMAGE_SIZES},
               summary.smallest_image_size(model))
 

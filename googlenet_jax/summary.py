@@ -8,7 +8,6 @@ import functools
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from googlenet_jax import train_state
@@ -23,6 +22,7 @@ class BlockStats(NamedTuple):
 
 
 def count_params(tree) -> int:
+  """The number of numbers in `tree`, e.g. a model's params."""
   return sum(x.size for x in jax.tree.leaves(tree))
 
 
@@ -39,7 +39,7 @@ def xla_flops(fn, *args) -> float:
 
 def abstract_variables(model, image_size: int):
   """(the image, `model`'s variables with every layer's output) as shapes only."""
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
+  images = train_state.one_image(image_size)
   init = functools.partial(model.init_with_output, capture_intermediates=True)
   return images, jax.eval_shape(init, jax.random.key(0), images)[1]
 

@@ -32,7 +32,6 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from benchmarks import pipeline
 from googlenet_jax import compilation_cache
 from googlenet_jax import input_pipeline
 from googlenet_jax import preemption
@@ -122,6 +121,33 @@ def take_turns(step_fns: dict[str, Callable], states: dict,
       if i >= warmup:
         seconds[name].append(time.perf_counter() - start)
   return states, seconds
+
+
+def train_batches(source, config) -> Iterator:
+  """The training loop's batches for this process, epoch after epoch."""
+  for epoch in itertools.count():
+    yield from input_pipeline.train_batches(
+        source, global_batch_size=config.batch_size, seed=config.seed,
+        epoch=epoch, process_index=0, process_count=1,
+        num_local_devices=jax.local_device_count())
+
+
+def pipeline_images_per_sec(source, config, num_batches: int) -> float:
+  """Images/s from the in-memory training source to batches on the devices.
+
+  Times `train_batches` through `prefetch_to_device`, as the training loop
+  uses them with no step running, until the last batch is on the devices.
+  """
+  def put_on_devices(count: int) -> None:
+    batches = itertools.islice(train_batches(source, config), count)
+    for batch in input_pipeline.prefetch_to_device(batches):
+      pass
+    jax.block_until_ready(batch)
+
+  put_on_devices(20)  # Untimed: the first transfers set up jax's path.
+  start = time.perf_counter()
+  put_on_devices(num_batches)
+  return num_batches * config.batch_size / (time.perf_counter() - start)
 
 
 def config_from_flags(argv: list[str]):
@@ -264,10 +290,10 @@ def measure(config) -> dict:
     states['train_real'] = train_state.replicate(host_state)
     # As the training loop feeds its steps: prefetched to the devices.
     feeds['train_real'] = input_pipeline.prefetch_to_device(
-        pipeline.train_batches(sources['train'], config))
-    host_feed = pipeline.train_batches(sources['train'], config)
-    results['pipeline_images_per_sec'] = pipeline.pipeline_images_per_sec(
-        sources, config, FLAGS.host_steps)
+        train_batches(sources['train'], config))
+    host_feed = train_batches(sources['train'], config)
+    results['pipeline_images_per_sec'] = pipeline_images_per_sec(
+        sources['train'], config, FLAGS.host_steps)
   states, seconds = take_turns(step_fns, states, feeds, FLAGS.warmup, FLAGS.steps)
   for name in step_fns:
     results[name] = throughput(seconds[name], config.batch_size)

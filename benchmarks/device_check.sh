@@ -27,7 +27,7 @@
 # fmnist96.metrics.jsonl, fmnist96_best.metrics.jsonl.
 #
 # The environment can shrink it (tests/test_benchmarks.py runs it on a CPU):
-#   PYTHON (python3), WHEELS_DIR (benchmarks/wheels: none, none installed),
+#   PYTHON (.venv/bin/python, else python3), WHEELS_DIR (benchmarks/wheels: none, none installed),
 #   SOURCE_DIR (benchmarks/fashion-mnist: the IDX files),
 #   DATA_DIR (/tmp/tensorflow_datasets), WORK_DIR (/tmp/device_check_work),
 #   DTYPES ("float32 bfloat16": the benchmarks'), BATCH_SIZES ("128 512"),
@@ -41,7 +41,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out="${OUT:-/tmp/device_check}"
-python="${PYTHON:-python3}"
+# The project's virtual environment's Python where there is one (PEP 668
+# machines refuse packages in the system's), else python3.
+python="${PYTHON:-$(if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi)}"
 source_dir="${SOURCE_DIR:-$PWD/benchmarks/fashion-mnist}"
 data_dir="${DATA_DIR:-/tmp/tensorflow_datasets}"
 work_dir="${WORK_DIR:-/tmp/device_check_work}"

@@ -13,22 +13,25 @@
 # for tfds's dependencies, the versions those pins installed with; jax, flax,
 # optax and orbax stay the image's own, whose versions summary.txt records.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
+# The project's virtual environment's Python where there is one (PEP 668
+# machines refuse packages in the system's), else python3.
+python="${PYTHON:-$(if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi)}"
 
 source_dir="${SOURCE_DIR:-/usr/share/datasets/fashion-mnist}"
-rm -rf wheels fashion-mnist
-mkdir -p wheels fashion-mnist
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+rm -rf benchmarks/wheels benchmarks/fashion-mnist
+mkdir -p benchmarks/wheels benchmarks/fashion-mnist
+"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 \
   --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --platform manylinux1_x86_64 -d wheels \
+  --platform manylinux1_x86_64 -d benchmarks/wheels \
   tensorflow-datasets==4.9.10 array-record==0.8.6 ml-collections==1.1.0 \
   tensorboardX==2.6.5 dm-tree==0.1.10 immutabledict==4.3.1 \
   simple-parsing==0.1.9 docstring-parser==0.18.0 tensorflow-metadata==1.21.0 \
   googleapis-common-protos==1.76.0 termcolor==3.3.0 toml==0.10.2 \
   importlib-resources==7.1.0
 # promise is published only as source; its wheel is pure Python.
-python3 -m pip wheel -q --no-deps -w wheels promise==2.3
-cp "$source_dir"/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz fashion-mnist/
-du -sh wheels fashion-mnist
+"$python" -m pip wheel -q --no-deps -w benchmarks/wheels promise==2.3
+cp "$source_dir"/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz benchmarks/fashion-mnist/
+du -sh benchmarks/wheels benchmarks/fashion-mnist

@@ -43,4 +43,5 @@ def write(result: dict[str, Any], workdir: str) -> None:
   (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
   plots.write_confusion_matrix(result['confusion_matrix'], CLASS_NAMES,
                                workdir / 'confusion_matrix.png')
-  print(f'Checkpoint at step {result["step"]}:\n{format_per_class(result)}')
+  print(f'Checkpoint at step {result["step"]}: test loss {result["loss"]:.4f}\n'
+        f'{format_per_class(result)}')

@@ -1,8 +1,7 @@
 """Evaluation over a whole split, and `--mode=eval` of the latest checkpoint."""
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -27,14 +26,6 @@ def fetch_metrics(total: steps.Metrics) -> dict[str, Any]:
   return {k: float(v) if np.ndim(v) == 0 else v for k, v in total.items()}
 
 
-def sum_metrics(batches_metrics: Iterable[steps.Metrics]) -> dict[str, Any]:
-  """Adds per-batch metric sums on the device and fetches the total once."""
-  total = None
-  for metrics in batches_metrics:
-    total = add_metrics(total, metrics)
-  return fetch_metrics(total)
-
-
 def device_batches(source, config: ml_collections.ConfigDict) -> Iterator[dict]:
   """This process's share of every global batch of `source`, in order, on its devices."""
   return input_pipeline.prefetch_to_device(input_pipeline.eval_batches(
@@ -46,10 +37,14 @@ def device_batches(source, config: ml_collections.ConfigDict) -> Iterator[dict]:
 def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
              config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Loss, accuracy and confusion matrix over every example of `source`, each once."""
-  batches = progress.track(device_batches(source, config), 'test',
-                           -(-len(source) // config.eval_batch_size),
-                           config.eval_batch_size)
-  total = sum_metrics(p_eval_step(state, batch)[0] for batch in batches)
+  bar = progress.Progress('test', -(-len(source) // config.eval_batch_size),
+                          config.eval_batch_size)
+  total = None  # Summed on the devices and fetched once.
+  for batch in device_batches(source, config):
+    total = add_metrics(total, p_eval_step(state, batch)[0])
+    bar.update(total)
+  bar.close()
+  total = fetch_metrics(total)
   return {'loss': total['loss'] / total['count'],
           'accuracy': total['correct'] / total['count'],
           'num_examples': int(total['count']),
@@ -84,9 +79,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
   result['step'] = int(state.step)
   result['per_class_accuracy'] = eval_report.per_class_accuracy(
       result['confusion_matrix'])
-  logging.info('Checkpoint at step %d: test loss %.4f, test accuracy %.4f on %d '
-               'examples.', result['step'], result['loss'], result['accuracy'],
-               result['num_examples'])
   if jax.process_index() == 0:
     eval_report.write(result, workdir)
   return result

@@ -11,7 +11,7 @@ step and stop it from queueing the next ones.
 
 import sys
 import time
-from typing import Iterable, Iterator, Mapping, TextIO
+from typing import Mapping, TextIO
 
 import jax
 import numpy as np
@@ -53,6 +53,7 @@ class Progress:
     self._report_every_secs = report_every_secs
     self._enabled = jax.process_index() == 0 if enabled is None else enabled
     self._loss = None
+    self._last_metrics = None
     self._created = self._start = self._last_report = time.perf_counter()
     self._bar = None
     if self._enabled and self._stream.isatty():
@@ -64,6 +65,7 @@ class Progress:
     self._step += 1
     if not self._enabled:
       return
+    self._last_metrics = metrics
     now = time.perf_counter()
     if self._step == self._initial + 1:
       # The first step includes compiling it: rates and ETAs count from its end.
@@ -81,8 +83,14 @@ class Progress:
       self._last_report = now
 
   def close(self) -> None:
-    """Ends the bar, or prints the last line."""
+    """Waits for the last step to finish, then ends the bar or prints the last line.
+
+    Steps run asynchronously: without the wait, the rate would count steps
+    queued, not done (thousands of images/s when a cached step is queued at once).
+    """
+    jax.block_until_ready(self._last_metrics)
     if self._bar is not None:
+      self._bar.set_postfix_str(self._postfix(), refresh=False)
       self._bar.close()
     elif self._enabled:
       self._print_line()
@@ -117,16 +125,6 @@ class Progress:
       timing += f', run ETA {self._run_eta()}'
     print(f'{self._description} step {self._step}/{self._total}: {self._postfix()}, '
           f'{timing}', file=self._stream, flush=True)
-
-
-def track(iterable: Iterable, description: str, total: int,
-          images_per_step: int) -> Iterator:
-  """Yields from `iterable`, counting each item as a step (an evaluation's batches)."""
-  bar = Progress(description, total, images_per_step)
-  for item in iterable:
-    yield item
-    bar.update()
-  bar.close()
 
 
 def epoch_progress(step: int, num_steps: int, steps_per_epoch: int,

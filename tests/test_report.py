@@ -3,8 +3,12 @@
 import io
 import json
 import os
+import re
 import shutil
+import time
 
+import jax
+import jax.numpy as jnp
 from matplotlib import image as mpimg
 import numpy as np
 import pytest
@@ -204,3 +208,25 @@ def test_progress_of_other_processes_is_silent():
   bar.update()
   bar.close()
   assert not stream.getvalue()
+
+
+def test_the_last_progress_line_counts_finished_steps_not_queued_ones():
+  # Steps are queued at once and run one after another on the device: the
+  # rate can be at most one step (16 images) per step's run time.
+  a = jnp.full((300, 300), 1 / 300)
+  step = jax.jit(lambda a: jax.lax.fori_loop(0, 30, lambda i, x: jnp.tanh(x @ a), a)[:1, 0])
+  seconds_per_step = min(timed(lambda: jax.block_until_ready(step(a))) for _ in range(3))
+  stream = io.StringIO()
+  bar = progress.Progress('epoch 1/1', total=5, images_per_step=16, stream=stream,
+                          report_every_secs=1e9, enabled=True)
+  for _ in range(5):
+    bar.update({'loss': step(a), 'count': np.ones(1)})
+  bar.close()
+  rate = float(re.search(r'([\d.]+) images/s', stream.getvalue()).group(1))
+  assert rate <= 1.2 * 16 / seconds_per_step, stream.getvalue()
+
+
+def timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start

@@ -12,10 +12,12 @@ arrays (Orbax stores none, so a flipped bit would load silently). A step that
 cannot be read is skipped for the newest readable one.
 """
 
+import errno
 import gc
 import logging as std_logging
 import os
 import re
+import shutil
 import sys
 import time
 import zlib
@@ -84,6 +86,11 @@ def save(manager: ocp.CheckpointManager, state: Any, meta: dict[str, Any]) -> No
       permission); the earlier steps are kept as they were.
   """
   step = int(state.step)
+  def refused(reason: str) -> UserError:
+    return UserError(f'Cannot save the checkpoint of step {step} in {manager.directory} '
+                     f'({reason}): stopped. {last_good_checkpoint(manager)}')
+  if shortfall := missing_space(manager.directory, state):
+    raise refused(shortfall)
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
@@ -92,8 +99,24 @@ def save(manager: ocp.CheckpointManager, state: Any, meta: dict[str, Any]) -> No
     reason = storage_error(e)
     if reason is None:
       raise
-    raise UserError(f'Cannot save the checkpoint of step {step} in {manager.directory} '
-                    f'({reason}): stopped. {last_good_checkpoint(manager)}') from e
+    raise refused(reason) from e
+
+
+def missing_space(directory, state: Any) -> str | None:
+  """Why a local `directory` lacks room for `state` (its arrays' bytes, + 1 MiB), or None.
+
+  Checked before Orbax writes: a write that fails part-way fails in Orbax's
+  threads, which print a traceback each, and leaves a temporary directory.
+  A bucket's space is not asked.
+  """
+  if '://' in str(directory):
+    return None
+  needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)) + 2**20
+  free = shutil.disk_usage(directory).free
+  if free >= needed:
+    return None
+  return (f'{os.strerror(errno.ENOSPC)}: it needs {needed / 2**20:.0f} MiB, '
+          f'{free / 2**20:.0f} MiB are free')
 
 
 def storage_error(e: Exception) -> str | None:
@@ -180,6 +203,8 @@ def restore_step(manager: ocp.CheckpointManager, step: int, target: Any,
                  meta: dict[str, Any], resume: bool) -> Any:
   """The state of `step`, checked against `meta`, `target` and its checksum.
 
+  A resume logs each changed field that it can continue with.
+
   Raises:
     Damaged: a file of the step cannot be read, or the checksum differs.
     UserError: this config cannot continue from the step.
@@ -190,6 +215,11 @@ def restore_step(manager: ocp.CheckpointManager, step: int, target: Any,
   state = read_item(manager, step, state=ocp.args.StandardRestore(target))['state']
   if CHECKSUM in saved_meta and checksum(state) != saved_meta[CHECKSUM]:
     raise Damaged('its arrays do not match their checksum')
+  if resume:
+    for f in CHANGEABLE_FIELDS:
+      if f in saved_meta and f in meta and saved_meta[f] != meta[f]:
+        logging.warning('Resuming from step %d with config.%s=%r (it was written '
+                        'with %r).', step, f, meta[f], saved_meta[f])
   return state
 
 
@@ -232,7 +262,7 @@ def short_reason(e: BaseException) -> str:
 
 def check_meta(saved: dict[str, Any], current: dict[str, Any], step: int,
                directory, resume: bool) -> None:
-  """Raises UserError naming each field this run cannot change; logs the rest.
+  """Raises UserError naming each field this run cannot change.
 
   Fields the checkpoint does not record (it predates them) are not checked.
   """
@@ -247,11 +277,6 @@ def check_meta(saved: dict[str, Any], current: dict[str, Any], step: int,
         + ': run with ' + ' '.join(f'--config.{f}={saved[f]}' for f in refused)
         + ', or train with the new value' + ('s' if len(refused) > 1 else '')
         + ' in another --workdir.')
-  if resume:
-    for f in changed:
-      if f in CHANGEABLE_FIELDS:
-        logging.warning('Resuming from step %d with config.%s=%r (it was written '
-                        'with %r).', step, f, current[f], saved[f])
 
 
 def check_structure(manager: ocp.CheckpointManager, step: int, target: Any) -> None:

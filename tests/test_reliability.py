@@ -116,6 +116,7 @@ def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_pa
     if path.is_file():
       path.write_bytes(path.read_bytes()[:7])
   train.train_and_evaluate(long_config, str(tmp_path))
+  assert not partial.exists()  # Removed when the training started.
   resumed = final_state(long_config, tmp_path)
   chex.assert_trees_all_equal(resumed.params, train_state.unreplicate(uninterrupted.params))
 

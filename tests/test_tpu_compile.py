@@ -9,6 +9,7 @@ there) and batches of 16, 2 images per chip, prove the same as the chapter's
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -22,6 +23,11 @@ from googlenet_jax import summary
 from googlenet_jax import tpu_compile
 from googlenet_jax import train_state
 from googlenet_jax.models import conv_lowering
+
+# requirements.txt installs libtpu where it has wheels; elsewhere nothing compiles for a TPU.
+needs_libtpu = pytest.mark.skipif(
+    sys.platform != 'linux' or platform.machine() != 'x86_64',
+    reason='libtpu has wheels for x86_64 Linux only')
 
 # GoogLeNet's max-pools: after b1 and b2, one in each of the nine Inception
 # blocks' fourth path, and after the third and fourth groups of blocks.
@@ -99,6 +105,7 @@ def check_report(config, report, topology, chips, hosts, device):
 
 
 @pytest.mark.xdist_group('tpu_single_host')
+@needs_libtpu
 def test_compile_for_a_single_host_slice_writes_every_field(single_host):
   config, report, stdout = single_host
   check_report(config, report, 'v5litepod-8', chips=8, hosts=1, device='TPU v5 lite')
@@ -106,6 +113,7 @@ def test_compile_for_a_single_host_slice_writes_every_field(single_host):
 
 
 @pytest.mark.xdist_group('tpu_single_host')
+@needs_libtpu
 def test_bfloat16_convolutions_are_bf16_and_xlas_own_on_a_tpu(single_host):
   config, report, _ = single_host
   train, evaluation = report['train'], report['eval']
@@ -120,6 +128,7 @@ def test_bfloat16_convolutions_are_bf16_and_xlas_own_on_a_tpu(single_host):
 
 
 @pytest.mark.xdist_group('tpu_pod')
+@needs_libtpu
 def test_compile_for_a_pod_slice_takes_each_hosts_input(pod):
   config, report, _ = pod
   check_report(config, report, 'v4-16', chips=8, hosts=2, device='TPU v4')
@@ -166,6 +175,7 @@ def test_without_libtpu_compile_is_one_line(tmp_path):
       'requirements.txt (libtpu==0.0.42.1).')
 
 
+@needs_libtpu
 def test_a_batch_beyond_hbm_is_one_line(config, tmp_path):
   # 8 images of 4096x4096 per chip: the first convolution's output alone is
   # 8 x 2048 x 2048 x 64 floats, 8 GiB, and its gradients as much again, more

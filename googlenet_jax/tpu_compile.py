@@ -25,7 +25,6 @@ from typing import Callable
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -165,12 +164,10 @@ def abstract_state(config: ml_collections.ConfigDict, platform: str,
                    num_devices: int) -> train_state.TrainState:
   """The replicated train state's shapes, its model in `platform`'s form."""
   model = train_state.create_model(config, platform=platform)
-  images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 1),
-                                jnp.float32)
   state = jax.eval_shape(
       lambda rng, images: train_state.state_of(model.init(rng, images), config, model,
                                                steps_per_epoch=1),
-      jax.random.key(0), images)
+      jax.random.key(0), train_state.one_image(config.image_size))
   return replicated(state, num_devices)
 
 

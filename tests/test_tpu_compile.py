@@ -7,7 +7,6 @@ there) and batches of 16, 2 images per chip, prove the same as the chapter's
 """
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -62,7 +61,7 @@ def pod(config, tmp_path_factory):
 def num_params(config) -> int:
   model = train_state.create_model(config, platform='tpu')
   _, variables = summary.abstract_variables(model, config.image_size)
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(variables['params']))
+  return summary.count_params(variables['params'])
 
 
 def num_conv_layers(config) -> int:

@@ -194,9 +194,10 @@ def restore(manager: ocp.CheckpointManager, target: Any, meta: dict[str, Any],
       report_damaged(manager, damaged, step, resume)
     return state
   raise UserError(
-      f'No checkpoint in {manager.directory} can be read: '
-      + '; '.join(f'step {s}: {reason}' for s, reason in damaged)
-      + '. They are kept as they are; train in another --workdir to start afresh.')
+      f'No checkpoint in {manager.directory} can be read (steps '
+      f'{", ".join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: '
+      f'{damaged[0][1]}). They are kept as they are; train in another --workdir '
+      'to start afresh.')
 
 
 def restore_step(manager: ocp.CheckpointManager, step: int, target: Any,

@@ -100,6 +100,17 @@ def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes(
   assert logged_epochs(workdir) == [(1, 2)]
 
 
+def test_an_os_error_after_a_save_names_the_file_and_the_checkpoint(config, tmp_path):
+  one_step = config.copy_and_resolve_references()
+  one_step.num_train_steps = 1
+  (tmp_path / 'curves.png').mkdir()  # Where the epoch's curves are drawn.
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(one_step, str(tmp_path))
+  assert str(error.value).startswith(
+      f'Is a directory ({tmp_path}/curves.png): stopped. The last good checkpoint is '
+      f'step 1 in {tmp_path}/checkpoints;'), error.value
+
+
 def test_an_epoch_logs_the_learning_rate_of_its_last_update(config, tmp_path):
   cosine = config.copy_and_resolve_references()
   cosine.schedule = 'cosine'

@@ -290,7 +290,8 @@ def test_truncated_checkpoint_file_is_a_user_error(config, one_step_workdir, tmp
   for path in (workdir / 'checkpoints' / '1' / 'state').rglob('*'):
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(path.read_bytes()[:50])
-  with pytest.raises(UserError, match='No checkpoint in .* can be read: step 1: '):
+  with pytest.raises(UserError,
+                     match=r'No checkpoint in .* can be read \(steps 1; step 1: '):
     evaluate.evaluate_checkpoint(config, str(workdir))
 
 

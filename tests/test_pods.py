@@ -13,6 +13,8 @@ import time
 import chex
 from etils import epath
 import jax
+from jax._src import distributed as jax_distributed
+import jax.numpy as jnp
 from matplotlib import image as mpimg
 import pytest
 
@@ -105,6 +107,20 @@ def test_hosts_with_workdirs_of_their_own_stop_at_once_with_one_line(config, tra
       (tmp_path / 'host1' / 'checkpoints').iterdir())
 
 
+def test_ctrl_c_on_one_host_stops_both_at_one_checkpointed_step(config, gcs, bucket):
+  workdir = f'{bucket}/run'
+  processes = start_hosts([workdir, workdir], config, '--config.checkpoint_every_steps=1')
+  wait_for_step(processes[0], gcs, workdir, 1)
+  processes[1].send_signal(signal.SIGINT)  # Host 1 only.
+  stderrs = [process.communicate(timeout=240)[1] for process in processes]
+  for process, stderr in zip(processes, stderrs):
+    assert process.returncode == 0, stderr[-3000:]
+  stopped_at = finished_steps(gcs, workdir)[-1]
+  assert stopped_at < 6
+  for stderr in stderrs:
+    assert f'Stopped at step {stopped_at} ' in stderr, stderr[-3000:]
+
+
 def test_several_processes_without_a_distributed_client_are_refused(monkeypatch):
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
@@ -122,3 +138,21 @@ def test_hosts_of_a_cloud_tpu_slice_join_without_a_flag(monkeypatch):
   monkeypatch.setattr(distributed, 'on_cloud_tpu_vm_cluster', lambda: False)
   distributed.initialize()  # One process: nothing to join.
   assert len(calls) == 1
+
+
+def test_every_process_writes_its_compiled_programs_to_the_cache(monkeypatch):
+  # Process 1 of a run (the id JAX's cache write checks); the cache is the session's.
+  monkeypatch.setattr(jax_distributed.global_state, 'process_id', 1)
+  cache = epath.Path(jax.config.jax_compilation_cache_dir)
+  before = set(cache.iterdir())
+  offset = time.time()  # A program that no earlier session has compiled.
+  def scale_and_shift(x):
+    return x * 3.0 + offset
+  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  try:
+    jax.jit(scale_and_shift).lower(jnp.arange(7.0)).compile()
+  finally:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
+  written = [p.name for p in set(cache.iterdir()) - before]
+  assert any(name.startswith('jit_scale_and_shift-') for name in written), written

@@ -5,6 +5,7 @@ to it, anonymously, with nothing looking for a metadata server or the internet.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -77,6 +78,12 @@ class GcsServer:
     with urllib.request.urlopen(f'{self.url}/storage/v1/b/{bucket}/o?{query}',
                                 timeout=10) as response:
       return [item['name'] for item in json.load(response).get('items', [])]
+
+  def committed_steps(self, workdir: str) -> list[int]:
+    """Steps of gs://BUCKET/RUN/checkpoints that Orbax finished (its commit file)."""
+    found = (re.fullmatch(r'.*/checkpoints/(\d+)/commit_success.txt', name)
+             for name in self.objects(f'{workdir}/checkpoints/'))
+    return sorted(int(match[1]) for match in found if match)
 
   def log(self) -> str:
     self._log.flush()

@@ -5,7 +5,6 @@ join, agree on their step and stop together, and a clear error instead of a hang
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import time
@@ -28,17 +27,9 @@ from googlenet_jax import train_state
 from googlenet_jax.errors import UserError
 
 
-def finished_steps(gcs, workdir: str) -> list[int]:
-  """Steps with a complete checkpoint in the bucket: Orbax's commit file marks one."""
-  prefix = f'{workdir}/checkpoints/'
-  found = (re.fullmatch(r'.*/checkpoints/(\d+)/commit_success.txt', name)
-           for name in gcs.objects(prefix))
-  return sorted(int(match[1]) for match in found if match)
-
-
 def wait_for_step(process, gcs, workdir: str, step: int, timeout=240) -> None:
   deadline = time.monotonic() + timeout
-  while not any(s >= step for s in finished_steps(gcs, workdir)):
+  while not any(s >= step for s in gcs.committed_steps(workdir)):
     assert process.poll() is None, process.communicate()[1][-3000:]
     assert time.monotonic() < deadline, f'no checkpoint of step {step} in time'
     time.sleep(0.05)
@@ -54,7 +45,7 @@ def test_a_run_in_a_bucket_is_killed_resumes_bit_exactly_and_is_evaluated(
   wait_for_step(process, gcs, workdir, 2)
   process.send_signal(signal.SIGKILL)  # No chance to save.
   process.communicate()
-  killed_at = finished_steps(gcs, workdir)[-1]
+  killed_at = gcs.committed_steps(workdir)[-1]
   assert 2 <= killed_at < 6
   stdout, stderr = evaluator.communicate(timeout=240)
   assert evaluator.returncode == 0, stderr[-3000:]
@@ -115,7 +106,7 @@ def test_ctrl_c_on_one_host_stops_both_at_one_checkpointed_step(config, gcs, buc
   stderrs = [process.communicate(timeout=240)[1] for process in processes]
   for process, stderr in zip(processes, stderrs):
     assert process.returncode == 0, stderr[-3000:]
-  stopped_at = finished_steps(gcs, workdir)[-1]
+  stopped_at = gcs.committed_steps(workdir)[-1]
   assert stopped_at < 6
   for stderr in stderrs:
     assert f'Stopped at step {stopped_at} ' in stderr, stderr[-3000:]

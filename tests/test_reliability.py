@@ -136,13 +136,14 @@ def start_two_hosts(workdir, config, *args):
 
 
 def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
-                                                                     tmp_path):
+                                                                     tmp_path, gcs,
+                                                                     bucket):
   short = long_config.copy_and_resolve_references()
   short.num_train_steps = 6
-  workdir = tmp_path / 'two_hosts'
+  workdir = f'{bucket}/two_hosts'  # Shared by the hosts, as on a pod.
   # Preempted: SIGTERM to both hosts; JAX's sync point makes them stop together.
   processes = start_two_hosts(workdir, short, '--config.checkpoint_every_steps=1')
-  while 1 not in finished_steps(workdir):
+  while 1 not in gcs.committed_steps(workdir):
     assert all(process.poll() is None for process in processes), 'a host ended early'
     time.sleep(0.02)
   for process in processes:
@@ -150,7 +151,7 @@ def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
   stderrs = [process.communicate(timeout=300)[1] for process in processes]
   for process, stderr in zip(processes, stderrs):
     assert process.returncode == 0, stderr[-3000:]
-  stopped_at = finished_steps(workdir)[-1]
+  stopped_at = gcs.committed_steps(workdir)[-1]
   assert stopped_at < 6
   for stderr in stderrs:
     assert f'Stopped at step {stopped_at} ' in stderr
@@ -169,7 +170,7 @@ def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
       NUM_TRAIN // short.batch_size)
   assert update_difference(two.params, one.params, initial.params) < 0.01
   # The 2-process checkpoint evaluates in one process.
-  evaluated = evaluate.evaluate_checkpoint(short, str(workdir))
+  evaluated = evaluate.evaluate_checkpoint(short, workdir)
   assert (evaluated['step'], evaluated['num_examples']) == (6, NUM_TEST)
 
 

@@ -15,6 +15,7 @@ import jax
 from jax._src import distributed as jax_distributed
 import jax.numpy as jnp
 from matplotlib import image as mpimg
+import numpy as np
 import pytest
 
 from conftest import REPO, start_main
@@ -147,3 +148,18 @@ def test_every_process_writes_its_compiled_programs_to_the_cache(monkeypatch):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
   written = [p.name for p in set(cache.iterdir()) - before]
   assert any(name.startswith('jit_scale_and_shift-') for name in written), written
+
+
+def test_hosts_started_with_different_configs_are_refused(config, monkeypatch):
+  other = config.copy_and_resolve_references()
+  other.learning_rate *= 2
+  digests = [distributed.config_digest(config), distributed.config_digest(other)]
+  assert digests[0] == distributed.config_digest(config.copy_and_resolve_references())
+  assert digests[0] != digests[1]
+  # What process_allgather returns to both processes: the same step, two configs.
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(distributed.multihost_utils, 'process_allgather',
+                      lambda mine: np.array([[3, digests[0]], [3, digests[1]]], np.int32))
+  with pytest.raises(UserError, match='The config of process 1 differs from that of '
+                                      'process 0: run the same command'):
+    distributed.check_hosts_agree(3, config, 'gs://b/run')

@@ -84,6 +84,18 @@ def keep_only_orbax_warnings(record) -> bool:
   return record.levelno >= std_logging.WARNING
 
 
+def drop_closed_event_loop_reports(unraisable) -> None:
+  """sys.unraisablehook without TensorStore's "Event loop is closed" tracebacks.
+
+  After an Orbax read or write fails (a damaged checkpoint, a full disk), the
+  rest of its TensorStore operations finish into the event loop Orbax has
+  closed; the run has already said what failed, in one line.
+  """
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == 'Event loop is closed'):
+    sys.__unraisablehook__(unraisable)
+
+
 def exit_with_error(message: str) -> None:
   print(f'Error: {message}', file=sys.stderr)
   sys.exit(1)
@@ -109,6 +121,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(keep_only_orbax_warnings)
+  sys.unraisablehook = drop_closed_event_loop_reports
   try:
     config = FLAGS.config
     if FLAGS.mode == 'compile':  # Before JAX starts a backend; uncached: it times compiles.

@@ -145,8 +145,10 @@ def last_good_checkpoint(manager: ocp.CheckpointManager) -> str:
 
 
 def checksum(state: Any) -> int:
-  """CRC32 of the state's arrays, in tree order; integers as int64 (a step saved
-  as int32 may restore as a Python int)."""
+  """CRC32 of the state's arrays in tree order, integers as int64.
+
+  A step saved as an int32 array may restore as a Python int.
+  """
   crc = 0
   for leaf in jax.tree.leaves(state):
     leaf = np.asarray(leaf)
@@ -225,12 +227,21 @@ def restore_step(manager: ocp.CheckpointManager, step: int, target: Any,
 
 
 def read_item(manager: ocp.CheckpointManager, step: int, **items) -> Any:
-  """Restores `items` of `step`; raises Damaged if its files cannot be read."""
+  """Restores `items` of `step`.
+
+  Raises:
+    Damaged: its files cannot be read.
+    UserError: this process may not read them (not damage: nothing is skipped).
+  """
   try:
     return manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # Orbax and TensorStore raise many types for bad files.
     reason = short_reason(e)
+    denied = isinstance(innermost(e), PermissionError) or 'PERMISSION_DENIED' in reason
   collect_unfinished_reads()
+  if denied:
+    raise UserError(f'Cannot read the checkpoint at step {step} in {manager.directory} '
+                    f'({reason}): give this user read access, or run as its owner.')
   raise Damaged(reason)
 
 
@@ -253,10 +264,16 @@ def collect_unfinished_reads() -> None:
     sys.unraisablehook = hook
 
 
-def short_reason(e: BaseException) -> str:
-  """The first line of the innermost cause: TensorStore's words, not Orbax's spec dump."""
+def innermost(e: BaseException) -> BaseException:
+  """The exception at the root of `e`'s causes."""
   while e.__cause__ or e.__context__:
     e = e.__cause__ or e.__context__
+  return e
+
+
+def short_reason(e: BaseException) -> str:
+  """The first line of the innermost cause: TensorStore's words, not Orbax's spec dump."""
+  e = innermost(e)
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   return (lines[0] if lines else type(e).__name__)[:300]
 

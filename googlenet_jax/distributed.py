@@ -34,9 +34,10 @@ def initialize(requested: bool = False, coordinator_address: str = '',
   before anything else uses JAX.
 
   Raises:
-    UserError: JAX sees several processes that no distributed client joins (they
-      could neither agree on a stop nor check their steps): a clear line instead
-      of a run that hangs or dies without a checkpoint.
+    UserError: the processes cannot be joined (no cluster found, the coordinator
+      not reached in time), or JAX sees several processes that no distributed
+      client joins (they could neither agree on a stop nor check their steps): a
+      clear line instead of a run that hangs or dies without a checkpoint.
   """
   if requested or coordinator_address or on_cloud_tpu_vm_cluster():
     # Processes on CPUs exchange collectives through gloo; GPUs and TPUs ignore this.

@@ -18,6 +18,7 @@ if sys.version_info < (3, 11):
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import logging as std_logging
+import traceback
 
 from absl import app
 from absl import flags
@@ -84,15 +85,18 @@ def keep_only_orbax_warnings(record) -> bool:
   return record.levelno >= std_logging.WARNING
 
 
-def drop_closed_event_loop_reports(unraisable) -> None:
-  """sys.unraisablehook without TensorStore's "Event loop is closed" tracebacks.
+def drop_orbax_leftover_reports(unraisable) -> None:
+  """sys.unraisablehook without the tracebacks of a failed Orbax read's or write's rest.
 
-  After an Orbax read or write fails (a damaged checkpoint, a full disk), the
-  rest of its TensorStore operations finish into the event loop Orbax has
-  closed; the run has already said what failed, in one line.
+  When one array of a restore or save fails (a damaged checkpoint, a full disk),
+  Orbax's other reads are dropped and TensorStore's callbacks finish into the
+  event loop Orbax has closed, a traceback each; the run has already said what
+  failed, in one line.
   """
-  if not (isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == 'Event loop is closed'):
+  stack = ''.join(traceback.format_tb(unraisable.exc_traceback))
+  closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
+                 and str(unraisable.exc_value) == 'Event loop is closed')
+  if not (closed_loop or '/orbax/checkpoint/' in stack):
     sys.__unraisablehook__(unraisable)
 
 
@@ -121,7 +125,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(keep_only_orbax_warnings)
-  sys.unraisablehook = drop_closed_event_loop_reports
+  sys.unraisablehook = drop_orbax_leftover_reports
   try:
     config = FLAGS.config
     if FLAGS.mode == 'compile':  # Before JAX starts a backend; uncached: it times compiles.

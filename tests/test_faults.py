@@ -1,5 +1,5 @@
 """Faults that must lose nothing: a second training on a workdir, a damaged
-checkpoint, a config changed on resume. (A full disk: test_loop.py.)
+checkpoint, a config changed on resume. (A full disk and other OS errors: test_loop.py.)
 
 Each fault is real: two processes, a checkpoint file overwritten with garbage
 or one flipped bit, a real momentum or batch size change.
@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from conftest import start_main
-from googlenet_jax import checkpoint
 from googlenet_jax import evaluate
 from googlenet_jax import train
 from googlenet_jax.errors import UserError

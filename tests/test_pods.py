@@ -73,6 +73,12 @@ def test_a_run_in_a_bucket_is_killed_resumes_bit_exactly_and_is_evaluated(
   assert not os.path.exists(os.path.join(REPO, 'gs:'))  # Nothing written locally.
 
 
+def test_a_bucket_that_does_not_exist_is_one_line_before_any_work(gcs):
+  with pytest.raises(UserError, match='Cannot write to the workdir gs://no-such-bucket/run '
+                                      r'\(FileNotFoundError: .*\): choose another'):
+    train.make_workdir('gs://no-such-bucket/run')
+
+
 def start_hosts(workdirs, config, *args):
   """One main.py process of 4 CPU devices per workdir, joined through gloo."""
   address = f'127.0.0.1:{free_port()}'

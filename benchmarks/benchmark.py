@@ -199,30 +199,29 @@ def null_train_step(metrics) -> Callable:
 
 
 def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
-  """Milliseconds per step of `train.train_steps` itself, the device work removed.
+  """Milliseconds per step of the training loop itself, the device work removed.
 
-  The real loop (input, dispatch, metric sums, progress, stop and checkpoint
-  checks) runs `null_train_step` over `batches` as one epoch of --host_steps
-  steps; the save callback checks, as training's does, whether a checkpoint is
-  due, and saves nothing. Blocks on the final state and metric sums.
+  The real loop (input, dispatch, metric sums, progress, `train.train_steps`)
+  runs `null_train_step` over `batches` as one epoch of --host_steps steps, and
+  asks after each step, as training does, whether to stop and whether a
+  checkpoint is due; it saves nothing. Blocks on the final state and metric sums.
   """
   p_null_step = null_train_step(metrics)
   num_steps = FLAGS.host_steps
-
-  def check_only(step, state, total):  # Training's test, without the save.
-    del state, total
-    train.checkpoint_due(config, step, steps_per_epoch=num_steps, num_steps=num_steps)
 
   def run(state, count):
     # Not a terminal: the bar prints no line, but fetches the loss every
     # progress.LOSS_EVERY_STEPS steps, as in a logged training run.
     bar = progress.Progress('host', count, config.batch_size,
                             stream=io.StringIO(), enabled=True)
+    batches_on_devices = input_pipeline.prefetch_to_device(
+        itertools.islice(batches, count))
     with preemption.StopSignal() as stop:
-      state, _, total, _ = train.train_steps(
-          p_null_step, state,
-          input_pipeline.prefetch_to_device(itertools.islice(batches, count)), 0,
-          bar, stop, check_only)
+      for step, state, total in train.train_steps(p_null_step, state,
+                                                  batches_on_devices, 0, bar):
+        stop.requested(step)
+        train.checkpoint_due(config, step, steps_per_epoch=num_steps,
+                             num_steps=num_steps)
     jax.block_until_ready((state, total))
     return state
 

@@ -8,7 +8,7 @@ step. The steps themselves are in `steps.py`, the initial state in
 import itertools
 import math
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 import uuid
 
 from absl import logging
@@ -90,10 +90,13 @@ def restore_or_create(config: ml_collections.ConfigDict, manager,
   return state
 
 
-def train_steps(p_train_step: Callable, state, batches: Iterable, step: int,
-                bar: progress.Progress, stop: preemption.StopSignal,
-                save: Callable[..., None]):
-  """Runs a step per batch from `step` on, until the batches end or a stop.
+# After a step: (the step count, the state, the running sums of its metrics).
+AfterStep = tuple[int, train_state.TrainState, steps.Metrics]
+
+
+def train_steps(p_train_step: Callable, state: train_state.TrainState,
+                batches: Iterable, step: int, bar: progress.Progress) -> Iterator[AfterStep]:
+  """Runs a step per batch; yields (step count, state, running metric sums) after each.
 
   Args:
     p_train_step: the pmapped train step.
@@ -101,12 +104,6 @@ def train_steps(p_train_step: Callable, state, batches: Iterable, step: int,
     batches: the batches to train on.
     step: the step count before the first batch.
     bar: counts each step.
-    stop: asked after every step whether to stop there.
-    save: called as save(step, state, running metric sums) after every step; it
-      saves a checkpoint when one is due.
-
-  Returns:
-    (state, step, running sum of the metrics, whether a stop was requested).
   """
   total = None  # Summed as it goes: a checkpoint mid-epoch reads it.
   for batch in batches:
@@ -114,10 +111,7 @@ def train_steps(p_train_step: Callable, state, batches: Iterable, step: int,
     total = evaluate.add_metrics(total, metrics)
     bar.update(metrics)
     step += 1
-    if stop.requested(step):
-      return state, step, total, True
-    save(step, state, total)
-  return state, step, total, False
+    yield step, state, total
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -163,10 +157,6 @@ def run_training(config: ml_collections.ConfigDict, workdir: str,
   p_train_step = steps.pmap_train_step(config)
   p_eval_step = steps.pmap_eval_step(config)
 
-  def save_if_due(step, state, total):
-    if checkpoint_due(config, step, steps_per_epoch, num_steps):
-      save_checkpoint(manager, state, config, evaluate.fetch_metrics(total)['loss'])
-
   with (MetricWriter(workdir, active=jax.process_index() == 0) as writer,
         preemption.StopSignal() as stop):
     writer.write_config(step, config)
@@ -183,8 +173,12 @@ def run_training(config: ml_collections.ConfigDict, workdir: str,
           itertools.islice(batches, epoch_end - step))
       bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
       start_time = time.perf_counter()
-      state, step, total, stopped = train_steps(p_train_step, state, batches, step,
-                                                bar, stop, save_if_due)
+      for step, state, total in train_steps(p_train_step, state, batches, step, bar):
+        if stop.requested(step):
+          stopped = True
+          break
+        if checkpoint_due(config, step, steps_per_epoch, num_steps):
+          save_checkpoint(manager, state, config, evaluate.fetch_metrics(total)['loss'])
       bar.close()
       train = evaluate.fetch_metrics(total)
       images_per_sec = train['count'] / (time.perf_counter() - start_time)

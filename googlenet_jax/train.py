@@ -131,22 +131,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       permission): the last good checkpoint is kept and named.
   """
   validation.check_config(config)
+  # The data before the workdir: bad input leaves no workdir behind.
+  sources = input_pipeline.load_sources(config)
   make_workdir(workdir)
   with workdir_lock.hold(workdir, active=jax.process_index() == 0):
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
                                         config.max_checkpoints_to_keep)
     try:
-      return run_training(config, workdir, manager)
+      return run_training(config, workdir, manager, sources)
     except OSError as e:  # metrics.jsonl, TensorBoard events, a picture.
       where = f' ({e.filename})' if e.filename else ''
       raise UserError(f'{e.strerror or e}{where}: stopped. '
                       f'{checkpoint.last_good_checkpoint(manager)}') from e
 
 
-def run_training(config: ml_collections.ConfigDict, workdir: str,
-                 manager) -> train_state.TrainState:
+def run_training(config: ml_collections.ConfigDict, workdir: str, manager,
+                 sources: dict[str, input_pipeline.ArraySource]) -> train_state.TrainState:
   """The body of `train_and_evaluate`, run while holding the workdir."""
-  sources = input_pipeline.load_sources(config)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(sources['train']),
                                                    config.batch_size)
   num_steps = train_state.total_train_steps(config, steps_per_epoch)

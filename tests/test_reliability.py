@@ -248,11 +248,13 @@ def test_bad_config_is_refused_in_one_line(config, overrides, expected):
   assert '\n' not in str(error.value)
 
 
-def test_missing_data_names_the_package_to_install(config, tmp_path):
+def test_missing_data_names_the_package_to_install_and_writes_no_workdir(config,
+                                                                         tmp_path):
   missing = config.copy_and_resolve_references()
   missing.source_dir, missing.data_dir = '/nonexistent', str(tmp_path / 'tfds')
   with pytest.raises(UserError, match='apt-get install dataset-fashion-mnist'):
-    input_pipeline.load_sources(missing)
+    train.train_and_evaluate(missing, str(tmp_path / 'workdir'))
+  assert not os.path.exists(tmp_path / 'workdir')
 
 
 def test_truncated_idx_file_names_the_file(config, tmp_path):

@@ -16,30 +16,17 @@ def is_url(path: str | os.PathLike) -> bool:
   return '://' in str(path)
 
 
-def write_whole(path: epath.Path, text: str) -> None:
-  """Writes `text` as `path` so that a reader, or a kill, finds the old or the new file.
-
-  A GCS object is uploaded whole or not at all; a local file is written beside
-  `path` and renamed over it.
-  """
-  if is_url(path):
-    path.write_text(text)
-  else:
-    temporary = path.with_name(path.name + '.tmp')
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 class MetricWriter:
   """Writes each step's scalars as TensorBoard events and as one JSON line.
 
   Use it as a context manager, so that it is closed however the run ends. An
   inactive writer (every process but the first of a multi-host run) writes nothing.
 
-  GCS objects cannot be appended to, so metrics.jsonl is written whole each time.
-  For a gs:// workdir the event file is written in a local directory and copied
-  to the workdir after every flush (tensorboardX's own gs:// writer uploads again
-  when it is garbage collected, and waits minutes if it cannot).
+  A local metrics.jsonl is appended to. GCS objects cannot be appended to, so in
+  a gs:// workdir it is uploaded whole after each line (an upload lands whole or
+  not at all). The event file of a gs:// workdir is written in a local directory
+  and copied to the workdir after every flush (tensorboardX's own gs:// writer
+  uploads again when it is garbage collected, and waits minutes if it cannot).
   """
 
   def __init__(self, workdir: str, active: bool = True):
@@ -52,8 +39,11 @@ class MetricWriter:
                           if is_url(workdir) else workdir)
       self._summary_writer = SummaryWriter(logdir=self._events_dir)
       self._jsonl = self._workdir / 'metrics.jsonl'
-      self._lines = self._jsonl.read_text() if self._jsonl.exists() else ''
-      write_whole(self._jsonl, self._lines)  # There from the start, as a log file.
+      if is_url(workdir):
+        self._lines = self._jsonl.read_text() if self._jsonl.exists() else ''
+        self._jsonl.write_text(self._lines)  # There from the start, as a log file.
+      else:
+        self._jsonl_file = open(self._jsonl, 'a')
 
   def __enter__(self) -> 'MetricWriter':
     return self
@@ -67,8 +57,13 @@ class MetricWriter:
     for name, value in scalars.items():
       self._summary_writer.add_scalar(name, value, global_step=step)
     self._flush_events()
-    self._lines += json.dumps({'step': step, **scalars}) + '\n'
-    write_whole(self._jsonl, self._lines)
+    line = json.dumps({'step': step, **scalars}) + '\n'
+    if is_url(self._workdir):
+      self._lines += line
+      self._jsonl.write_text(self._lines)
+    else:
+      self._jsonl_file.write(line)
+      self._jsonl_file.flush()
 
   def write_config(self, step: int, config) -> None:
     """Writes the config as TensorBoard text, indented so it shows as code."""
@@ -99,4 +94,6 @@ class MetricWriter:
       self._copy_events()
       if is_url(self._workdir):
         shutil.rmtree(self._events_dir)
+      else:
+        self._jsonl_file.close()
       self._closed = True

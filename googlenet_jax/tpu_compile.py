@@ -478,37 +478,43 @@ def largest_batch(config: ml_collections.ConfigDict, accelerator_type: str,
                   report: dict) -> dict:
   """The largest per-chip batch, a power of two, whose train step fits in HBM.
 
-  A chip's memory grows about linearly with the batch: the report's compile and
-  one at 16 times its per-chip batch give the line, which predicts the largest
-  power of two that fits; compiling there confirms it (or halves it, until one
-  fits). Compiles of large batches take minutes.
+  A chip's memory grows about linearly with the batch until XLA starts to
+  rematerialise activations to fit: the report's compile and one at 16 times
+  its per-chip batch give the line, which predicts a power of two that fits.
+  Compiling there confirms it (or halves it until one fits), and compiling
+  twice as many shows whether a larger one fits too. Large compiles take
+  minutes each.
   """
   spec = tpu_slice(accelerator_type)
-  first = {'per_chip_batch_size': report['info']['per_chip_batch_size'],
-           'needed_bytes': report['train']['memory_per_chip']['needed_bytes'],
-           'fits': report['train']['memory_per_chip']['fits'],
-           'compile_s': report['train']['compile_s']}
-  second = train_step_memory(config, accelerator_type, 16 * first['per_chip_batch_size'])
-  compiles = [first, second]
-  (b1, n1), (b2, n2) = [(c['per_chip_batch_size'], c['needed_bytes']) for c in compiles]
-  if n2 is None:  # Out of memory, and XLA did not say by how much.
-    slope, fixed, guess = None, None, b2 // 2
+  compiles = [{'per_chip_batch_size': report['info']['per_chip_batch_size'],
+               'needed_bytes': report['train']['memory_per_chip']['needed_bytes'],
+               'fits': report['train']['memory_per_chip']['fits'],
+               'compile_s': report['train']['compile_s']}]
+
+  def at(per_chip: int) -> dict:
+    for done in compiles:
+      if done['per_chip_batch_size'] == per_chip:
+        return done
+    compiles.append(train_step_memory(config, accelerator_type, per_chip))
+    return compiles[-1]
+
+  first, second = compiles[0], at(16 * compiles[0]['per_chip_batch_size'])
+  if second['needed_bytes'] is None:  # Out of memory, and XLA did not say by how much.
+    slope = fixed = None
+    guess = second['per_chip_batch_size'] // 2
   else:
-    slope = (n2 - n1) / (b2 - b1)
-    fixed = n1 - slope * b1
+    slope = ((second['needed_bytes'] - first['needed_bytes'])
+             / (second['per_chip_batch_size'] - first['per_chip_batch_size']))
+    fixed = first['needed_bytes'] - slope * first['per_chip_batch_size']
     guess = 2 ** int(math.log2(max(1, (spec.hbm_bytes - fixed) / slope)))
-  while guess >= 1:
-    trial = (second if guess == b2 else first if guess == b1
-             else train_step_memory(config, accelerator_type, guess))
-    if trial not in compiles:
-      compiles.append(trial)
-    if trial['fits']:
-      return {'per_chip_batch_size': guess, 'batch_size': guess * spec.chips,
-              'needed_bytes': trial['needed_bytes'], 'hbm_bytes': spec.hbm_bytes,
-              'bytes_per_image': slope, 'fixed_bytes': fixed,
-              'twice_as_many_needs_bytes_estimate': (
-                  None if slope is None else fixed + slope * 2 * guess),
-              'compiles': compiles}
+  while not at(guess)['fits']:
+    if guess == 1:
+      raise UserError(f'The train step does not fit on {accelerator_type} even at one '
+                      'image per chip.')
     guess //= 2
-  raise UserError(f'The train step does not fit on {accelerator_type} even at one '
-                  'image per chip.')
+  while at(2 * guess)['fits']:
+    guess *= 2
+  return {'per_chip_batch_size': guess, 'batch_size': guess * spec.chips,
+          'needed_bytes': at(guess)['needed_bytes'], 'hbm_bytes': spec.hbm_bytes,
+          'linear_bytes_per_image': slope, 'linear_fixed_bytes': fixed,
+          'compiles': compiles}

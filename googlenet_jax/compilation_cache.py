@@ -37,7 +37,7 @@ def enable(directory: str) -> None:
 def write_on_every_process() -> None:
   """Makes every process, not only process 0, write its compiled programs.
 
-  JAX 0.10's `compiler._cache_write` returns at once on processes other than 0
+  JAX's `compiler._cache_write` (0.10 to 0.12) returns at once on processes other than 0
   (to spare a directory shared by all hosts, on GCS, concurrent writes of one
   entry). Its other conditions stay: programs that compiled in under
   `jax_persistent_cache_min_compile_time_secs`, or that hold host callbacks,
@@ -47,12 +47,13 @@ def write_on_every_process() -> None:
   if getattr(jax_write, 'on_every_process', False):
     return
 
+  # JAX 0.10 passes the program's host callbacks last; JAX 0.12 no longer does.
   def cache_write(cache_key, compile_time_secs, module_name, backend, executable,
-                  host_callbacks):
-    if (jax_distributed.global_state.process_id == 0 or host_callbacks or
+                  *host_callbacks):
+    if (jax_distributed.global_state.process_id == 0 or any(host_callbacks) or
         compile_time_secs < jax.config.jax_persistent_cache_min_compile_time_secs):
       return jax_write(cache_key, compile_time_secs, module_name, backend,
-                       executable, host_callbacks)
+                       executable, *host_callbacks)
     try:
       jax_compilation_cache.put_executable_and_time(
           cache_key, module_name, executable, backend, int(compile_time_secs))

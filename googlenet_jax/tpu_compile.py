@@ -387,10 +387,17 @@ def collectives(hlo_text: str) -> dict[str, int]:
 
 
 def collective_group_sizes(hlo_text: str) -> list[int]:
-  """The distinct numbers of devices that the collectives of compiled HLO span."""
+  """The distinct numbers of devices that the collectives of compiled HLO span.
+
+  XLA writes the groups as lists (`{{0,1,2,3}}`), as an iota (`[1,4]<=[4]`), or,
+  from JAX 0.12 on, as axes of a mesh (`mesh['i'=4] {'i'}`).
+  """
   sizes = {len(group.split(',')) for group in
            re.findall(r'replica_groups=\{\{([\d,]+)\}', hlo_text)}
   sizes |= {int(size) for size in re.findall(r'replica_groups=\[\d+,(\d+)\]<=', hlo_text)}
+  for axes, grouped in re.findall(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", hlo_text):
+    axis_sizes = {name: int(size) for name, size in re.findall(r"'(\w+)'=(\d+)", axes)}
+    sizes.add(math.prod(axis_sizes[name] for name in re.findall(r"'(\w+)'", grouped)))
   return sorted(sizes)
 
 

@@ -211,8 +211,9 @@ def test_progress_of_other_processes_is_silent():
 
 
 def test_the_last_progress_line_counts_finished_steps_not_queued_ones():
-  # Steps are queued at once and run one after another on the device: the
-  # rate can be at most one step (16 images) per step's run time.
+  # Steps are queued at once and run one after another on the device: the rate
+  # is about one step (16 images) per step's run time (2x for a busy machine's
+  # noise), where the steps queued would give a thousand times that.
   a = jnp.full((300, 300), 1 / 300)
   step = jax.jit(lambda a: jax.lax.fori_loop(0, 30, lambda i, x: jnp.tanh(x @ a), a)[:1, 0])
   seconds_per_step = min(timed(lambda: jax.block_until_ready(step(a))) for _ in range(3))
@@ -223,7 +224,7 @@ def test_the_last_progress_line_counts_finished_steps_not_queued_ones():
     bar.update({'loss': step(a), 'count': np.ones(1)})
   bar.close()
   rate = float(re.search(r'([\d.]+) images/s', stream.getvalue()).group(1))
-  assert rate <= 1.2 * 16 / seconds_per_step, stream.getvalue()
+  assert rate <= 2 * 16 / seconds_per_step, stream.getvalue()
 
 
 def timed(fn) -> float:

@@ -164,11 +164,7 @@ def abstract_state(config: ml_collections.ConfigDict, platform: str,
                    num_devices: int) -> train_state.TrainState:
   """The replicated train state's shapes, its model in `platform`'s form."""
   model = train_state.create_model(config, platform=platform)
-  state = jax.eval_shape(
-      lambda rng, images: train_state.state_of(model.init(rng, images), config, model,
-                                               steps_per_epoch=1),
-      jax.random.key(0), train_state.one_image(config.image_size))
-  return replicated(state, num_devices)
+  return replicated(train_state.abstract_train_state(config, model), num_devices)
 
 
 def compile_steps(config: ml_collections.ConfigDict, accelerator_type: str,

@@ -34,7 +34,7 @@ from googlenet_jax import predict
 from googlenet_jax import summary
 from googlenet_jax import tpu_compile
 from googlenet_jax import train
-from googlenet_jax.errors import UserError
+from googlenet_jax.errors import UserError, describe_os_error
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
@@ -140,8 +140,7 @@ def main(argv):
   except UserError as e:
     exit_with_error(str(e))
   except OSError as e:  # A full disk, a read-only file system: eval.json, a picture.
-    exit_with_error(f'{e.strerror or e}' + (f' ({e.filename})' if e.filename else '')
-                    + '. The checkpoints are unchanged.')
+    exit_with_error(f'{describe_os_error(e)}. The checkpoints are unchanged.')
 
 
 if __name__ == '__main__':

@@ -28,7 +28,7 @@ from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax import workdir_lock
-from googlenet_jax.errors import UserError
+from googlenet_jax.errors import UserError, describe_os_error
 from googlenet_jax.metric_writers import MetricWriter
 
 
@@ -140,8 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     try:
       return run_training(config, workdir, manager, sources)
     except OSError as e:  # metrics.jsonl, TensorBoard events, a picture.
-      where = f' ({e.filename})' if e.filename else ''
-      raise UserError(f'{e.strerror or e}{where}: stopped. '
+      raise UserError(f'{describe_os_error(e)}: stopped. '
                       f'{checkpoint.last_good_checkpoint(manager)}') from e
 
 

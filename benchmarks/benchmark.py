@@ -249,8 +249,6 @@ def train_step_flops(config, state, batch, compiled) -> float:
 def global_flops(compiled) -> float:
   """XLA's FLOPs of a compiled pmapped step, over all local devices."""
   cost = compiled.cost_analysis()
-  if isinstance(cost, list):  # Older jax returned one dict per program.
-    cost = cost[0]
   return float(cost['flops']) * jax.local_device_count()
 
 

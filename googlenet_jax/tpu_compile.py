@@ -290,8 +290,6 @@ def analyse(lowered_step, compiled_step, compile_s: float, spec: TpuSlice,
             batch_size: int) -> dict:
   """A compiled step's memory, FLOPs, cost-model time, convolutions and collectives."""
   cost = compiled_step.cost_analysis()
-  if isinstance(cost, list):  # Older jax returned one dict per program.
-    cost = cost[0]
   flops_per_chip = float(cost['flops'])
   seconds = step_seconds_estimate(cost.get('optimal_seconds'), flops_per_chip, spec)
   text = compiled_step.as_text()

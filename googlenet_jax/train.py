@@ -33,8 +33,11 @@ from googlenet_jax.metric_writers import MetricWriter
 
 
 def make_workdir(workdir: str) -> None:
-  """Creates `workdir` (a local path or a gs:// URL); UserError, before any work is
-  done, if it cannot be written."""
+  """Creates `workdir`, a local path or a gs:// URL.
+
+  Raises:
+    UserError: before any work is done, if it cannot be written.
+  """
   path = epath.Path(workdir)
   probe = path / f'.write_test_{uuid.uuid4().hex}'  # One per host and process.
   try:

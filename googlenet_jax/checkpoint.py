@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from googlenet_jax import workdirs
 from googlenet_jax.errors import UserError
 
 # Fields a restored state's arrays and optimizer state depend on: a run that
@@ -54,7 +55,7 @@ def checkpoint_dir(config, workdir: str) -> str:
   writes there directly, marking a finished step with a commit file.
   """
   directory = config.checkpoint_dir or os.path.join(workdir, 'checkpoints')
-  return directory if '://' in directory else os.path.abspath(directory)
+  return directory if workdirs.is_url(directory) else os.path.abspath(directory)
 
 
 def meta(config) -> dict[str, Any]:
@@ -109,7 +110,7 @@ def missing_space(directory, state: Any) -> str | None:
   threads, which print a traceback each, and leaves a temporary directory.
   A bucket's space is not asked.
   """
-  if '://' in str(directory):
+  if workdirs.is_url(directory):
     return None
   needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)) + 2**20
   free = shutil.disk_usage(directory).free

@@ -10,10 +10,7 @@ from typing import Mapping
 from etils import epath
 from tensorboardX import SummaryWriter
 
-
-def is_url(path: str | os.PathLike) -> bool:
-  """Whether `path` is a URL such as gs://bucket/run rather than a local path."""
-  return '://' in str(path)
+from googlenet_jax import workdirs
 
 
 class MetricWriter:
@@ -36,10 +33,10 @@ class MetricWriter:
       self._workdir = epath.Path(workdir)
       self._workdir.mkdir(parents=True, exist_ok=True)
       self._events_dir = (tempfile.mkdtemp(prefix='googlenet_jax_events_')
-                          if is_url(workdir) else workdir)
+                          if workdirs.is_url(workdir) else workdir)
       self._summary_writer = SummaryWriter(logdir=self._events_dir)
       self._jsonl = self._workdir / 'metrics.jsonl'
-      if is_url(workdir):
+      if workdirs.is_url(workdir):
         self._lines = self._jsonl.read_text() if self._jsonl.exists() else ''
         self._jsonl.write_text(self._lines)  # There from the start, as a log file.
       else:
@@ -58,7 +55,7 @@ class MetricWriter:
       self._summary_writer.add_scalar(name, value, global_step=step)
     self._flush_events()
     line = json.dumps({'step': step, **scalars}) + '\n'
-    if is_url(self._workdir):
+    if workdirs.is_url(self._workdir):
       self._lines += line
       self._jsonl.write_text(self._lines)
     else:
@@ -79,7 +76,7 @@ class MetricWriter:
 
   def _copy_events(self) -> None:
     """Copies the local event file to a gs:// workdir, whole."""
-    if is_url(self._workdir):
+    if workdirs.is_url(self._workdir):
       for name in os.listdir(self._events_dir):
         with open(os.path.join(self._events_dir, name), 'rb') as f:
           (self._workdir / name).write_bytes(f.read())
@@ -92,7 +89,7 @@ class MetricWriter:
     if not self._closed:
       self._summary_writer.close()
       self._copy_events()
-      if is_url(self._workdir):
+      if workdirs.is_url(self._workdir):
         shutil.rmtree(self._events_dir)
       else:
         self._jsonl_file.close()

@@ -30,9 +30,9 @@ import numpy as np
 
 from googlenet_jax import input_pipeline
 from googlenet_jax import steps
-from googlenet_jax import train
 from googlenet_jax import train_state
 from googlenet_jax import validation
+from googlenet_jax import workdirs
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
 
@@ -400,7 +400,7 @@ def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
   """--mode=compile: compiles for the slice, prints the table, writes WORKDIR/compile.json."""
   validation.check_config(config)
   tpu_slice(accelerator_type)
-  train.make_workdir(workdir)
+  workdirs.create(workdir)
   report = compile_steps(config, accelerator_type)
   if find_largest_batch:
     report['largest_batch'] = largest_batch(config, accelerator_type, report)

@@ -9,10 +9,8 @@ import itertools
 import math
 import time
 from typing import Callable, Iterable, Iterator
-import uuid
 
 from absl import logging
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -27,27 +25,9 @@ from googlenet_jax import progress
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
-from googlenet_jax import workdir_lock
+from googlenet_jax import workdirs
 from googlenet_jax.errors import UserError, describe_os_error
 from googlenet_jax.metric_writers import MetricWriter
-
-
-def make_workdir(workdir: str) -> None:
-  """Creates `workdir`, a local path or a gs:// URL.
-
-  Raises:
-    UserError: before any work is done, if it cannot be written.
-  """
-  path = epath.Path(workdir)
-  probe = path / f'.write_test_{uuid.uuid4().hex}'  # One per host and process.
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe.write_text('')
-    probe.unlink()
-  except OSError as e:  # gcsfs: FileNotFoundError for a bucket that does not exist.
-    raise UserError(f'Cannot write to the workdir {workdir} '
-                    f'({e.strerror or f"{type(e).__name__}: {e}"}): '
-                    'choose another --workdir.') from e
 
 
 def save_checkpoint(manager, state: train_state.TrainState,
@@ -136,8 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validation.check_config(config)
   # The data before the workdir: bad input leaves no workdir behind.
   sources = input_pipeline.load_sources(config)
-  make_workdir(workdir)
-  with workdir_lock.hold(workdir, active=jax.process_index() == 0):
+  workdirs.create(workdir)
+  with workdirs.lock(workdir, active=jax.process_index() == 0):
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
                                         config.max_checkpoints_to_keep)
     try:

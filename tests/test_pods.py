@@ -25,6 +25,7 @@ from googlenet_jax import evaluate
 from googlenet_jax import predict
 from googlenet_jax import train
 from googlenet_jax import train_state
+from googlenet_jax import workdirs
 from googlenet_jax.errors import UserError
 
 
@@ -76,16 +77,16 @@ def test_a_run_in_a_bucket_is_killed_resumes_bit_exactly_and_is_evaluated(
 def test_a_bucket_that_does_not_exist_is_one_line_before_any_work(gcs):
   with pytest.raises(UserError, match='Cannot write to the workdir gs://no-such-bucket/run '
                                       r'\(FileNotFoundError: .*\): choose another'):
-    train.make_workdir('gs://no-such-bucket/run')
+    workdirs.create('gs://no-such-bucket/run')
 
 
-def start_hosts(workdirs, config, *args):
+def start_hosts(host_workdirs, config, *args):
   """One main.py process of 4 CPU devices per workdir, joined through gloo."""
   address = f'127.0.0.1:{free_port()}'
   return [start_main(workdir, config, f'--coordinator_address={address}',
-                     f'--num_processes={len(workdirs)}', f'--process_id={i}', *args,
+                     f'--num_processes={len(host_workdirs)}', f'--process_id={i}', *args,
                      num_devices=4)
-          for i, workdir in enumerate(workdirs)]
+          for i, workdir in enumerate(host_workdirs)]
 
 
 def test_hosts_with_workdirs_of_their_own_stop_at_once_with_one_line(config, trained,

@@ -1,5 +1,6 @@
-"""One training per workdir: an OS lock on WORKDIR/train.lock, held for the run.
+"""The workdir: a local path or a gs:// URL, created and checked, locked while training.
 
+One training per workdir: an OS lock on WORKDIR/train.lock, held for the run.
 The kernel releases the lock when its process ends, however it ends (SIGKILL,
 a crash; a reboot clears it), so a stale lock never blocks a restart. The file
 also holds the holder's pid and host, for the message a second training prints.
@@ -15,16 +16,41 @@ import os
 import socket
 import time
 from typing import Iterator
+import uuid
 
 from absl import logging
+from etils import epath
 
 from googlenet_jax.errors import UserError
 
 LOCK_FILE = 'train.lock'
 
 
+def is_url(path: str | os.PathLike) -> bool:
+  """Whether `path` is a URL such as gs://bucket/run rather than a local path."""
+  return '://' in str(path)
+
+
+def create(workdir: str) -> None:
+  """Creates `workdir`, a local path or a gs:// URL.
+
+  Raises:
+    UserError: before any work is done, if it cannot be written.
+  """
+  path = epath.Path(workdir)
+  probe = path / f'.write_test_{uuid.uuid4().hex}'  # One per host and process.
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:  # gcsfs: FileNotFoundError for a bucket that does not exist.
+    raise UserError(f'Cannot write to the workdir {workdir} '
+                    f'({e.strerror or f"{type(e).__name__}: {e}"}): '
+                    'choose another --workdir.') from e
+
+
 @contextlib.contextmanager
-def hold(workdir: str, active: bool = True) -> Iterator[None]:
+def lock(workdir: str, active: bool = True) -> Iterator[None]:
   """Holds `workdir`'s training lock for the body of the `with`.
 
   Args:
@@ -37,7 +63,7 @@ def hold(workdir: str, active: bool = True) -> Iterator[None]:
   if not active:
     yield
     return
-  if '://' in str(workdir):
+  if is_url(workdir):
     logging.warning('The workdir %s is not on a local file system, so it cannot be '
                     'locked: make sure no other training uses it.', workdir)
     yield

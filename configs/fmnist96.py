@@ -1,7 +1,7 @@
 """The chapter's recipe: GoogLeNet on Fashion-MNIST resized to 96x96.
 
-Plain SGD at learning rate 0.01, batch 128, 10 epochs. What it reaches here is in the
-README's Accuracy table once its run ends (docs/fmnist96/README.md).
+Plain SGD at learning rate 0.01, batch 128, 10 epochs: 84.52% test accuracy on a
+2-core CPU, 2026-11-30 (the README's Accuracy table, docs/fmnist96/README.md).
 
   python main.py --config=configs/fmnist96.py --workdir=workdir/fmnist96
 

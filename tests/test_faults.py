@@ -81,9 +81,6 @@ def two_step_workdir(contested_run, tmp_path):
   return workdir
 
 
-# Orbax's other reads of the damaged step end when they are collected, with a
-# report each (main.py drops them); they are not what this test checks.
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_before_it(
     config, two_step_workdir, caplog):
   workdir = two_step_workdir

@@ -1,8 +1,10 @@
 """Trains, evaluates or summarises a model; this file only parses flags.
 
-  python main.py --config=configs/fmnist96.py --workdir=workdir/fmnist96 [--mode=eval]
+  python main.py --config=configs/fmnist96.py --workdir=workdir/fmnist96
+  python main.py --workdir=workdir/fmnist96 --mode=eval
 
-Every config field can be overridden, e.g. `--config.learning_rate=0.1`.
+Every config field can be overridden, e.g. `--config.learning_rate=0.1`. Eval and
+predict take the network from the checkpoint, so they need no --config.
 """
 
 import sys
@@ -18,6 +20,7 @@ if sys.version_info < (3, 11):
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import logging as std_logging
+import os
 import traceback
 
 from absl import app
@@ -37,9 +40,18 @@ from googlenet_jax import train
 from googlenet_jax.errors import UserError, describe_os_error
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
-                                lock_config=True)
+# Eval and predict read the network from the checkpoint; the chapter's recipe
+# gives them the rest (where the data is, the eval batch size).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
+                              'fmnist96.py')
+config_flags.DEFINE_config_file(
+    'config', DEFAULT_CONFIG, 'Config file (configs/*.py); needed to train. Eval and '
+    'predict take the network from the checkpoint.', lock_config=True)
 flags.DEFINE_string('workdir', 'workdir', 'Directory for checkpoints and metrics.')
+flags.DEFINE_string('checkpoint', None,
+                    'For --mode=eval and predict: a checkpoints directory, one step\'s '
+                    'directory in it, or a workdir, local or gs://, instead of '
+                    "--workdir's; the outputs go to --workdir, which must be given.")
 flags.DEFINE_enum('mode', 'train',
                   ['train', 'eval', 'predict', 'summary', 'compare', 'compile'],
                   'train (resumes from WORKDIR), eval the latest checkpoint, '
@@ -60,12 +72,19 @@ flags.DEFINE_string('coordinator_address', '',
                     'host:port of process 0, for runs of several processes.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in the run.')
 flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
-flags.mark_flags_as_required(['config'])
+
+
+def config_overrides() -> set[str]:
+  """The config fields set on the command line (--config.NAME=VALUE)."""
+  return set(config_flags.get_override_values(FLAGS['config']))
+
 
 MODES = {
     'train': train.train_and_evaluate,
-    'eval': evaluate.evaluate_checkpoint,
-    'predict': predict.predict_checkpoint,
+    'eval': lambda config, workdir: evaluate.evaluate_checkpoint(
+        config, workdir, FLAGS.checkpoint, config_overrides()),
+    'predict': lambda config, workdir: predict.predict_checkpoint(
+        config, workdir, FLAGS.checkpoint, config_overrides()),
     'summary': lambda config, workdir: print(summary.summary_table(config)),
     'compare': lambda config, workdir: print(compare.comparison_table(config)),
     'compile': lambda config, workdir: tpu_compile.compile_and_report(
@@ -121,9 +140,23 @@ def parse_flags(argv: list[str]) -> list[str]:
                     'give an existing one, e.g. --config=configs/fmnist96.py.')
 
 
+def check_flags() -> None:
+  """Exits with one line for flags that do not go together."""
+  reads_a_checkpoint = FLAGS.mode in ('eval', 'predict')
+  if not (reads_a_checkpoint or FLAGS['config'].present):
+    exit_with_error(f'--mode={FLAGS.mode} needs --config, e.g. '
+                    '--config=configs/fmnist96.py.')
+  if FLAGS.checkpoint and not reads_a_checkpoint:
+    exit_with_error(f'--checkpoint is for --mode=eval and predict, not {FLAGS.mode}.')
+  if FLAGS.checkpoint and not FLAGS['workdir'].present:
+    exit_with_error('--checkpoint needs --workdir, where eval.json and the pictures '
+                    'go, e.g. --workdir=/tmp/eval.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  check_flags()
   logging.get_absl_handler().addFilter(keep_only_orbax_warnings)
   sys.unraisablehook = drop_orbax_leftover_reports
   try:

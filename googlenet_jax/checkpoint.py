@@ -7,9 +7,10 @@ a training's manager removes such leftovers when it starts.
 
 Saves are synchronous: a full disk stops the run at the save that met it, not
 in a background thread an epoch later. Each step's meta records the config
-fields that shape the state or the data order, and a CRC32 of the state's
-arrays (Orbax stores none, so a flipped bit would load silently). A step that
-cannot be read is skipped for the newest readable one.
+(`config_fields.record`) and CRC32s of the state's arrays and of its weights
+(Orbax stores none, so a flipped bit would load silently). A step that cannot
+be read is skipped for the newest readable one. Eval and predict read only the
+weights: parameters and BatchNorm statistics, not the optimizer state.
 """
 
 import errno
@@ -21,7 +22,7 @@ import shutil
 import sys
 import time
 import zlib
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from absl import logging
 from etils import epath
@@ -31,21 +32,12 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from googlenet_jax import config_fields
 from googlenet_jax import workdirs
 from googlenet_jax.errors import UserError
 
-# Fields a restored state's arrays and optimizer state depend on: a run that
-# changes one cannot continue from, or evaluate, the checkpoint.
-STATE_FIELDS = ('model', 'num_classes', 'image_size', 'momentum', 'nesterov',
-                'weight_decay', 'schedule')
-# Fields that place a step in the data (which examples, in which order): a
-# resume that changes one would continue another run.
-DATA_ORDER_FIELDS = ('batch_size', 'seed')
-# Fields a resume may change, e.g. to train longer; the change is logged.
-CHANGEABLE_FIELDS = ('num_epochs', 'num_train_steps', 'learning_rate', 'warmup_epochs',
-                     'label_smoothing', 'augment_crop_padding', 'augment_flip',
-                     'augment_erase_probability')
-CHECKSUM = 'state_crc32'
+CHECKSUM = 'state_crc32'  # Of the whole state, checked by a resume.
+WEIGHTS_CHECKSUM = 'weights_crc32'  # Of `weights(state)`, checked by eval and predict.
 
 
 def checkpoint_dir(config, workdir: str) -> str:
@@ -60,21 +52,25 @@ def checkpoint_dir(config, workdir: str) -> str:
 
 def meta(config) -> dict[str, Any]:
   """The config fields a checkpoint records, to check a resume or evaluation against."""
-  return {field: config[field]
-          for field in STATE_FIELDS + DATA_ORDER_FIELDS + CHANGEABLE_FIELDS}
+  return config_fields.record(config)
 
 
-def create_manager(directory: str, max_to_keep: int = 3,
-                   read_only: bool = False) -> ocp.CheckpointManager:
-  """A manager that keeps the last `max_to_keep` steps in `directory`.
+def weights(state: Any) -> dict[str, Any]:
+  """What inference needs of a train state (or of its state dict)."""
+  get = state.get if isinstance(state, dict) else lambda name: getattr(state, name)
+  return {'params': get('params'), 'batch_stats': get('batch_stats')}
 
-  A writing manager removes the temporary directories of saves that never
-  finished (a kill or a full disk mid-save); only one may use `directory` at
-  a time, which the training's workdir lock ensures.
+
+def create_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  """A training's manager, which keeps the last `max_to_keep` steps in `directory`.
+
+  It removes the temporary directories of saves that never finished (a kill or
+  a full disk mid-save); only one may use `directory` at a time, which the
+  training's workdir lock ensures. Eval and predict read steps without one.
   """
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      cleanup_tmp_directories=not read_only, enable_async_checkpointing=False)
+      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+      enable_async_checkpointing=False)
   return ocp.CheckpointManager(directory, options=options,
                                item_names=('state', 'meta'))
 
@@ -95,7 +91,8 @@ def save(manager: ocp.CheckpointManager, state: Any, meta: dict[str, Any]) -> No
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave({**meta, CHECKSUM: checksum(state)})))
+        meta=ocp.args.JsonSave({**meta, CHECKSUM: checksum(state),
+                                WEIGHTS_CHECKSUM: checksum(weights(state))})))
   except (OSError, ValueError) as e:
     reason = storage_error(e)
     if reason is None:
@@ -163,47 +160,91 @@ class Damaged(Exception):
   """A step that cannot be read; its message is the reason."""
 
 
-def restore(manager: ocp.CheckpointManager, target: Any, meta: dict[str, Any],
-            resume: bool = False) -> Any:
-  """Restores the newest readable step into the structure of `target`.
+def find_steps(path: str) -> tuple[epath.Path, list[int]]:
+  """The checkpoints at `path`, for eval and predict.
+
+  `path`, local or a URL, is a checkpoints directory (its finished steps), one
+  step's directory in it (that step, finished or copied by hand), or a
+  training's workdir (its checkpoints/).
+
+  Returns:
+    The directory of the steps, and the step numbers.
+
+  Raises:
+    UserError: `path` holds no checkpoint; the line says what it holds.
+  """
+  path = epath.Path(path if workdirs.is_url(path) else os.path.abspath(path))
+  if path.name.isdigit() and (path / 'state').exists():
+    return path.parent, [int(path.name)]
+  if (path / 'checkpoints').is_dir():
+    path = path / 'checkpoints'
+  steps = ocp.path.step.checkpoint_steps(path) if path.is_dir() else []
+  if not steps:
+    raise UserError(f'No checkpoint in {path}: {describe_contents(path)}. Train first, '
+                    'or give --checkpoint a checkpoints directory, one step\'s '
+                    'directory in it or a workdir that holds one.')
+  return path, steps
+
+
+def describe_contents(path: epath.Path) -> str:
+  """What a directory without checkpoints holds, in a few words."""
+  if not path.exists():
+    return 'it does not exist'
+  if not path.is_dir():
+    return 'it is a file'
+  names = sorted(child.name for child in path.iterdir())
+  if not names:
+    return 'it is empty'
+  shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
+  return f'it holds {shown}, and no finished step'
+
+
+def restore(directory: str | epath.Path, steps: Sequence[int], target: Any,
+            meta: dict[str, Any], resume: bool = False) -> tuple[int, Any]:
+  """Restores the newest readable of `steps` into the structure of `target`.
 
   Steps that cannot be read (a damaged file, a wrong checksum) are skipped with
   a warning. A resuming training moves them aside, to STEP.damaged-TIME, so that
   its own save of that step number cannot overwrite them.
 
   Args:
-    manager: the checkpoints.
-    target: the abstract state to restore into.
+    directory: the checkpoints directory.
+    steps: the steps in it to try, the newest first.
+    target: the abstract state to restore into: for a resume, the train state;
+      else `weights` of it, which are all that is read.
     meta: this run's `meta`.
-    resume: a training continues from the step: its batch size and seed must
-      match too, and changed fields that can continue are logged.
+    resume: a training continues from the step: its optimizer, batch size and
+      seed must match too, and changed fields that can continue are logged.
+
+  Returns:
+    The step restored, and its state.
 
   Raises:
     UserError: there is no checkpoint or none can be read, or this config
       cannot continue from it (a field of `meta` differs).
   """
-  steps = sorted(manager.all_steps(), reverse=True)
+  directory = epath.Path(directory)
   if not steps:
-    raise UserError(f'No checkpoint in {manager.directory}: train first, or set '
-                    '--config.checkpoint_dir to a directory that holds one.')
+    raise UserError(f'No checkpoint in {directory}: train first, or give --checkpoint '
+                    'for eval or predict.')
   damaged = []
-  for step in steps:
+  for step in sorted(steps, reverse=True):
     try:
-      state = restore_step(manager, step, target, meta, resume)
+      state = restore_step(directory, step, target, meta, resume)
     except Damaged as e:
       damaged.append((step, str(e)))
       continue
     if damaged:
-      report_damaged(manager, damaged, step, resume)
-    return state
+      report_damaged(directory, damaged, step, resume)
+    return step, state
   raise UserError(
-      f'No checkpoint in {manager.directory} can be read (steps '
+      f'No checkpoint in {directory} can be read (steps '
       f'{", ".join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: '
       f'{damaged[0][1]}). They are kept as they are; train in another --workdir '
       'to start afresh.')
 
 
-def restore_step(manager: ocp.CheckpointManager, step: int, target: Any,
+def restore_step(directory: epath.Path, step: int, target: Any,
                  meta: dict[str, Any], resume: bool) -> Any:
   """The state of `step`, checked against `meta`, `target` and its checksum.
 
@@ -213,36 +254,66 @@ def restore_step(manager: ocp.CheckpointManager, step: int, target: Any,
     Damaged: a file of the step cannot be read, or the checksum differs.
     UserError: this config cannot continue from the step.
   """
-  saved_meta = read_item(manager, step, meta=ocp.args.JsonRestore())['meta']
-  check_meta(saved_meta, meta, step, manager.directory, resume)
-  check_structure(manager, step, target)
-  state = read_item(manager, step, state=ocp.args.StandardRestore(target))['state']
-  if CHECKSUM in saved_meta and checksum(state) != saved_meta[CHECKSUM]:
+  step_dir = directory / str(step)
+  saved_meta = read_meta(step_dir)
+  check_meta(saved_meta, meta, step, directory, resume)
+  check_structure(step_dir, target, resume)
+  state = read_item(step_dir, lambda: read_state(step_dir, target, partial=not resume))
+  checked = (CHECKSUM, state) if resume else (WEIGHTS_CHECKSUM, weights(state))
+  if checked[0] in saved_meta and checksum(checked[1]) != saved_meta[checked[0]]:
     raise Damaged('its arrays do not match their checksum')
   if resume:
-    for f in CHANGEABLE_FIELDS:
+    for f in config_fields.CHANGEABLE_ON_RESUME:
       if f in saved_meta and f in meta and saved_meta[f] != meta[f]:
         logging.warning('Resuming from step %d with config.%s=%r (it was written '
                         'with %r).', step, f, meta[f], saved_meta[f])
   return state
 
 
-def read_item(manager: ocp.CheckpointManager, step: int, **items) -> Any:
-  """Restores `items` of `step`.
+def read_meta(step_dir: epath.Path) -> dict[str, Any]:
+  """The config record of the step in `step_dir`.
+
+  Raises:
+    Damaged, UserError: as `read_item`.
+  """
+  return read_item(step_dir, lambda: ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+      step_dir / 'meta'))
+
+
+def newest_record(directory: epath.Path, steps: Sequence[int]) -> dict[str, Any]:
+  """The config record of the newest of `steps` that has a readable one, else {}."""
+  for step in sorted(steps, reverse=True):
+    try:
+      return read_meta(directory / str(step))
+    except Damaged:
+      continue
+  return {}
+
+
+def read_state(step_dir: epath.Path, target: Any, partial: bool) -> Any:
+  """The step's state in the structure of `target`; `partial` reads only its parts."""
+  return ocp.PyTreeCheckpointer().restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=partial))
+
+
+def read_item(step_dir: epath.Path, read: Callable[[], Any]) -> Any:
+  """`read()` of a file of the step in `step_dir`.
 
   Raises:
     Damaged: its files cannot be read.
     UserError: this process may not read them (not damage: nothing is skipped).
   """
   try:
-    return manager.restore(step, args=ocp.args.Composite(**items))
+    return read()
   except Exception as e:  # Orbax and TensorStore raise many types for bad files.
     reason = short_reason(e)
     denied = isinstance(innermost(e), PermissionError) or 'PERMISSION_DENIED' in reason
   collect_unfinished_reads()
   if denied:
-    raise UserError(f'Cannot read the checkpoint at step {step} in {manager.directory} '
-                    f'({reason}): give this user read access, or run as its owner.')
+    raise UserError(f'Cannot read the checkpoint at step {step_dir.name} in '
+                    f'{step_dir.parent} ({reason}): give this user read access, or run '
+                    'as its owner.')
   raise Damaged(reason)
 
 
@@ -283,9 +354,11 @@ def check_meta(saved: dict[str, Any], current: dict[str, Any], step: int,
                directory, resume: bool) -> None:
   """Raises UserError naming each field this run cannot change.
 
-  Fields the checkpoint does not record (it predates them) are not checked.
+  A resume keeps every field that the train state or the data order depends
+  on; eval and predict, the network's. Fields the checkpoint does not record
+  (it predates them) are not checked.
   """
-  fixed = STATE_FIELDS + (DATA_ORDER_FIELDS if resume else ())
+  fixed = config_fields.FIXED_BY_CHECKPOINT if resume else config_fields.NETWORK
   changed = [f for f in current if f in saved and saved[f] != current[f]]
   refused = [f for f in changed if f in fixed]
   if refused:
@@ -294,38 +367,52 @@ def check_meta(saved: dict[str, Any], current: dict[str, Any], step: int,
         + f', but the checkpoint at step {step} in {directory} was written with '
         + ', '.join(f'{f}={saved[f]!r}' for f in refused)
         + ': run with ' + ' '.join(f'--config.{f}={saved[f]}' for f in refused)
-        + ', or train with the new value' + ('s' if len(refused) > 1 else '')
-        + ' in another --workdir.')
+        + (', or train with the new value' + ('s' if len(refused) > 1 else '')
+           + ' in another --workdir.' if resume else ', or without the flag.'))
 
 
-def check_structure(manager: ocp.CheckpointManager, step: int, target: Any) -> None:
-  """Raises UserError if `step` holds other arrays than `target` (a changed
-  optimizer in a checkpoint whose meta predates it); Damaged if unreadable."""
+def leaf_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Each array's shape by its path, every key a string: Orbax's metadata names a
+  tuple's entries by number, flax's state dicts by string."""
+  def name(key) -> str:
+    return str(getattr(key, 'key', getattr(key, 'idx', getattr(key, 'name', key))))
+  return {tuple(map(name, path)): tuple(getattr(leaf, 'shape', np.shape(leaf)))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_structure(step_dir: epath.Path, target: Any, resume: bool) -> None:
+  """Raises UserError if the step holds other arrays than `target` (a changed
+  optimizer in a checkpoint whose meta predates it); Damaged if unreadable.
+
+  Only the state's parts that `target` has are compared, unless resuming.
+  """
   try:
-    saved = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(manager.directory) / str(step) / 'state')
+    saved = ocp.StandardCheckpointHandler().metadata(step_dir / 'state')
   except Exception as e:  # pylint: disable=broad-except
     raise Damaged(short_reason(e)) from e
-  def shapes(tree):
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): tuple(getattr(leaf, 'shape', np.shape(leaf)))
-            for path, leaf in leaves}
-  saved_shapes, target_shapes = shapes(saved), shapes(serialization.to_state_dict(target))
+  target = serialization.to_state_dict(target)
+  saved_shapes, target_shapes = leaf_shapes(saved), leaf_shapes(target)
+  if not resume:
+    saved_shapes = {k: v for k, v in saved_shapes.items() if k[0] in target}
   if saved_shapes != target_shapes:
     differ = sorted(saved_shapes.keys() ^ target_shapes.keys()) or sorted(
         k for k in saved_shapes if saved_shapes[k] != target_shapes[k])
+    example = ''.join(f'[{key!r}]' for key in differ[0])
     raise UserError(
-        f'The checkpoint at step {step} in {manager.directory} holds another train '
-        f'state than this config makes (e.g. {differ[0]}): its model or optimizer '
-        '(momentum, nesterov, weight_decay, schedule) differs. Run with the '
-        'settings that wrote it, or train in another --workdir.')
+        f'The checkpoint at step {step_dir.name} in {step_dir.parent} holds another '
+        f'train state than this config makes (e.g. {example}): its model or optimizer '
+        '(momentum, nesterov, weight_decay, schedule) differs. Run with the settings '
+        'that wrote it, or train in another --workdir.')
 
 
-def report_damaged(manager: ocp.CheckpointManager, damaged: list[tuple[int, str]],
+def report_damaged(directory: epath.Path, damaged: list[tuple[int, str]],
                    step: int, resume: bool) -> None:
-  """Warns which steps were skipped; a resume moves them aside (process 0)."""
+  """Warns which steps were skipped; a resume moves them aside (process 0).
+
+  A training's manager must then `reload()` to list the steps left.
+  """
   for bad_step, reason in damaged:
-    where = manager.directory / str(bad_step)
+    where = directory / str(bad_step)
     if resume and jax.process_index() == 0:
       moved = where.parent / f'{bad_step}.damaged-{time.strftime("%Y%m%dT%H%M%S")}'
       where.rename(moved)
@@ -333,7 +420,5 @@ def report_damaged(manager: ocp.CheckpointManager, damaged: list[tuple[int, str]
     logging.warning('The checkpoint at step %d cannot be read (%s): %s step %d '
                     'instead; it is kept as %s.', bad_step, reason,
                     'resuming from' if resume else 'using', step, where)
-  if resume:
-    if jax.process_count() > 1:  # Every process lists the steps after the move.
-      multihost_utils.sync_global_devices('checkpoint: damaged steps moved aside')
-    manager.reload()
+  if resume and jax.process_count() > 1:  # Every process lists the steps after the move.
+    multihost_utils.sync_global_devices('checkpoint: damaged steps moved aside')

@@ -43,5 +43,6 @@ def write(result: dict[str, Any], workdir: str) -> None:
   (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
   plots.write_confusion_matrix(result['confusion_matrix'], CLASS_NAMES,
                                workdir / 'confusion_matrix.png')
-  print(f'Checkpoint at step {result["step"]}: test loss {result["loss"]:.4f}\n'
+  print(f'Checkpoint at step {result["step"]} ({result["checkpoint"]}): test loss '
+        f'{result["loss"]:.4f}\n'
         f'{format_per_class(result)}')

@@ -1,12 +1,13 @@
-"""Evaluation over a whole split, and `--mode=eval` of the latest checkpoint."""
+"""Evaluation over a whole split, and `--mode=eval` of a checkpoint's weights."""
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 
 from googlenet_jax import checkpoint
+from googlenet_jax import config_fields
 from googlenet_jax import eval_report
 from googlenet_jax import input_pipeline
 from googlenet_jax import progress
@@ -39,6 +40,7 @@ def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
   """Loss, accuracy and confusion matrix over every example of `source`, each once."""
   bar = progress.Progress('test', -(-len(source) // config.eval_batch_size),
                           config.eval_batch_size)
+  state = train_state.for_inference(state)
   total = None  # Summed on the devices and fetched once.
   for batch in device_batches(source, config):
     total = add_metrics(total, p_eval_step(state, batch)[0])
@@ -51,32 +53,74 @@ def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
           'confusion_matrix': total['confusion'].tolist()}
 
 
-def restore_for_eval(config: ml_collections.ConfigDict,
-                     workdir: str) -> train_state.TrainState:
-  """The newest readable checkpoint's state, on the host.
+def inference_config(config: ml_collections.ConfigDict, record: dict[str, Any],
+                     overrides: Collection[str] = ()) -> ml_collections.ConfigDict:
+  """`config` with the network and compute fields of a checkpoint's `record`.
+
+  A field in `overrides` (set on the command line) keeps its value: a compute
+  field (dtype) then runs as asked; a network field is checked against the
+  record when the checkpoint is read. Fields the record lacks (it predates
+  them) keep the config's value.
+  """
+  config = config.copy_and_resolve_references()
+  for field in config_fields.READ_FOR_INFERENCE:
+    if field in record and field not in overrides:
+      config[field] = record[field]
+  return config
+
+
+class Restored(NamedTuple):
+  """A checkpoint read for inference."""
+  config: ml_collections.ConfigDict  # The run's, with the checkpoint's network.
+  state: train_state.TrainState  # On the host, inference only: no optimizer.
+  path: str  # The step's directory.
+
+
+def restore_for_eval(config: ml_collections.ConfigDict, workdir: str,
+                     checkpoint_path: str | None = None,
+                     overrides: Collection[str] = ()) -> Restored:
+  """The weights of the newest readable checkpoint, and the config to run them with.
+
+  Only the parameters and BatchNorm statistics are read, so the optimizer and
+  training fields that wrote the checkpoint need not be given.
+
+  Args:
+    config: the run's config; its network fields are defaults (see
+      `inference_config`).
+    workdir: the training's workdir, whose checkpoints are read unless
+      `checkpoint_path` is given.
+    checkpoint_path: a checkpoints directory, one step's directory or a workdir.
+    overrides: the config fields the user set; see `inference_config`.
 
   Raises:
-    UserError: there is none, or it was written for another model or optimizer.
+    UserError: there is no readable checkpoint, or an override changes the network.
   """
+  directory, steps = checkpoint.find_steps(
+      checkpoint_path or checkpoint.checkpoint_dir(config, workdir))
+  config = inference_config(config, checkpoint.newest_record(directory, steps), overrides)
   validation.check_config(config)
-  target = train_state.abstract_train_state(config, train_state.create_model(config))
-  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
-                                      read_only=True)
-  return checkpoint.restore(manager, target, checkpoint.meta(config))
+  model = train_state.create_model(config)
+  target = checkpoint.weights(train_state.abstract_train_state(config, model))
+  step, weights = checkpoint.restore(directory, steps, target, checkpoint.meta(config))
+  state = train_state.TrainState(step=step, apply_fn=model.apply, tx=None, opt_state=None,
+                                 **weights)  # As `train_state.for_inference` makes it.
+  return Restored(config, state, str(directory / str(step)))
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict,
-                        workdir: str) -> dict[str, Any]:
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        checkpoint_path: str | None = None,
+                        overrides: Collection[str] = ()) -> dict[str, Any]:
   """Evaluates the newest readable checkpoint on the whole test set.
 
   Writes WORKDIR/eval.json and WORKDIR/confusion_matrix.png, and prints the
-  accuracy of each class.
+  accuracy of each class. The arguments are `restore_for_eval`'s.
   """
-  state = restore_for_eval(config, workdir)
+  config, state, path = restore_for_eval(config, workdir, checkpoint_path, overrides)
   source = input_pipeline.load_sources(config)['test']
   result = evaluate(steps.pmap_eval_step(config), train_state.replicate(state),
                     source, config)
   result['step'] = int(state.step)
+  result['checkpoint'] = path
   result['per_class_accuracy'] = eval_report.per_class_accuracy(
       result['confusion_matrix'])
   if jax.process_index() == 0:

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+from typing import Collection
 
 import jax
 from jax.experimental import multihost_utils
@@ -52,13 +53,17 @@ def predict(state, source, config: ml_collections.ConfigDict) -> dict[str, np.nd
           'prediction': np.concatenate(predictions)[:config.num_predictions]}
 
 
-def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Draws the latest checkpoint's predictions as WORKDIR/predictions.png.
+def predict_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                       checkpoint_path: str | None = None,
+                       overrides: Collection[str] = ()) -> str:
+  """Draws the newest readable checkpoint's predictions as WORKDIR/predictions.png.
+
+  The arguments are `evaluate.restore_for_eval`'s.
 
   Returns:
     The path of the PNG.
   """
-  state = evaluate.restore_for_eval(config, workdir)
+  config, state, _ = evaluate.restore_for_eval(config, workdir, checkpoint_path, overrides)
   source = input_pipeline.load_sources(config)['test']
   found = predict(state, source, config)
   path = os.path.join(workdir, 'predictions.png')

@@ -66,9 +66,11 @@ def restore_or_create(config: ml_collections.ConfigDict, manager,
   if manager.latest_step() is None:
     return train_state.create_train_state(jax.random.key(config.seed), config, model,
                                           steps_per_epoch)
-  state = checkpoint.restore(
-      manager, train_state.abstract_train_state(config, model, steps_per_epoch),
+  _, state = checkpoint.restore(
+      manager.directory, manager.all_steps(),
+      train_state.abstract_train_state(config, model, steps_per_epoch),
       checkpoint.meta(config), resume=True)
+  manager.reload()  # Damaged steps may have been moved aside.
   logging.info('Resuming from the checkpoint at step %d.', state.step)
   return state
 

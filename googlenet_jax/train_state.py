@@ -159,6 +159,15 @@ def state_of(variables, config: ml_collections.ConfigDict, model,
       tx=create_optimizer(config, steps_per_epoch))
 
 
+def for_inference(state: TrainState) -> TrainState:
+  """`state` without its optimizer: what eval and predict read, whatever wrote it.
+
+  The eval step then has one signature, so training's evaluation and `--mode=eval`
+  share its compiled program.
+  """
+  return state.replace(tx=None, opt_state=None)
+
+
 def device_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding:
   """pmap's layout: the leading axis split over the local devices (or `devices`)."""
   return NamedSharding(Mesh(devices or jax.local_devices(), (AXIS,)), PartitionSpec(AXIS))

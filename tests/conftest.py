@@ -58,12 +58,16 @@ def config_flags(config) -> list[str]:
 
 
 def start_main(workdir, config, *args, num_devices=8) -> subprocess.Popen:
-  """Starts main.py with `config` in a fresh process that sees `num_devices` CPUs."""
+  """Starts main.py with `config` in a fresh process that sees `num_devices` CPUs.
+
+  With `config` None, main.py gets no --config flag: only `args`.
+  """
   env = dict(os.environ,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
+  config_args = [] if config is None else ['--config=configs/fmnist96.py',
+                                           *config_flags(config)]
   return subprocess.Popen(
-      [sys.executable, 'main.py', '--config=configs/fmnist96.py',
-       f'--workdir={workdir}', *config_flags(config), *args],
+      [sys.executable, 'main.py', f'--workdir={workdir}', *config_args, *args],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -74,12 +74,13 @@ def test_a_bfloat16_run_resumes_and_predicts_in_float32_and_evaluates_in_either(
   train.train_and_evaluate(bf16, str(tmp_path))
   resumed = train.train_and_evaluate(f32, str(tmp_path))  # Epoch 2 in float32.
   assert int(resumed.step[0]) == 2 * steps_per_epoch
-  results = {dtype: evaluate.evaluate_checkpoint(c, str(tmp_path))
+  results = {dtype: evaluate.evaluate_checkpoint(c, str(tmp_path), overrides={'dtype'})
              for dtype, c in (('bfloat16', bf16), ('float32', f32))}
   for result in results.values():
     assert result['num_examples'] == NUM_TEST
   np.testing.assert_allclose(results['bfloat16']['loss'], results['float32']['loss'],
                              rtol=0.02)
-  found = predict.predict(evaluate.restore_for_eval(f32, str(tmp_path)),
-                          input_pipeline.load_sources(f32)['test'], f32)
+  in_f32 = evaluate.restore_for_eval(f32, str(tmp_path), overrides={'dtype'})
+  assert in_f32.config.dtype == 'float32'
+  found = predict.predict(in_f32.state, input_pipeline.load_sources(f32)['test'], f32)
   assert len(found['prediction']) == config.num_predictions

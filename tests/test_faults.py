@@ -89,7 +89,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_before_
   largest_array_file(workdir / 'checkpoints' / '2').write_bytes(garbage)
   caplog.set_level(logging.WARNING)
   # Eval, a reader, uses step 1, says why, and moves nothing.
-  assert evaluate.restore_for_eval(config, str(workdir)).step == 1
+  assert evaluate.restore_for_eval(config, str(workdir)).state.step == 1
   assert 'The checkpoint at step 2 cannot be read' in caplog.text
   assert 'using step 1' in caplog.text
   assert steps_on_disk(workdir) == ['1', '2']
@@ -112,7 +112,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_before_
   data[len(data) // 2] ^= 0x10
   largest_array_file(workdir / 'checkpoints' / '3').write_bytes(bytes(data))
   caplog.clear()
-  assert evaluate.restore_for_eval(config, str(workdir)).step == 2
+  assert evaluate.restore_for_eval(config, str(workdir)).state.step == 2
   assert ('step 3 cannot be read (its arrays do not match their checksum)'
           in caplog.text)
 
@@ -145,7 +145,7 @@ def test_a_checkpoint_of_before_the_config_record_restores_and_refuses_a_new_opt
     (workdir / 'checkpoints' / step / 'meta' / 'metadata').write_text(json.dumps(
         {'model': config.model, 'num_classes': config.num_classes,
          'image_size': config.image_size}))
-  assert evaluate.restore_for_eval(config, str(workdir)).step == 2
+  assert evaluate.restore_for_eval(config, str(workdir)).state.step == 2
   momentum = config.copy_and_resolve_references()
   momentum.momentum = 0.9
   with pytest.raises(UserError, match='holds another train state than this config '

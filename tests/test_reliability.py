@@ -35,10 +35,9 @@ NUM_EPOCHS = 4  # 12 steps of 16 examples: long enough to kill in the middle.
 def final_state(config, workdir):
   """The latest checkpoint in `workdir`, as host arrays."""
   target = train_state.abstract_train_state(config, train_state.create_model(config))
-  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
-                                      read_only=True)
-  return jax.device_get(checkpoint.restore(manager, target,
-                                           checkpoint.meta(config)))
+  directory, steps = checkpoint.find_steps(workdir)
+  return jax.device_get(checkpoint.restore(directory, steps, target,
+                                           checkpoint.meta(config), resume=True)[1])
 
 
 def finished_steps(workdir) -> list[int]:

@@ -141,7 +141,7 @@ def test_predict_draws_the_first_test_images_and_their_classes(evaluated, config
   path = predict.predict_checkpoint(config, workdir)
   assert path == os.path.join(workdir, 'predictions.png')
   assert mpimg.imread(path).ndim == 3
-  found = predict.predict(evaluate.restore_for_eval(config, workdir),
+  found = predict.predict(evaluate.restore_for_eval(config, workdir).state,
                           input_pipeline.load_sources(config)['test'], config)
   fig = plots.predictions_figure(found['image'], found['label'], found['prediction'],
                                  input_pipeline.CLASS_NAMES)
@@ -163,7 +163,7 @@ def test_predict_can_show_only_mistakes(evaluated, config):
   mistakes = config.copy_and_resolve_references()
   mistakes.predictions_only_mistakes = True
   mistakes.num_predictions = 5
-  found = predict.predict(evaluate.restore_for_eval(mistakes, workdir),
+  found = predict.predict(evaluate.restore_for_eval(mistakes, workdir).state,
                           input_pipeline.load_sources(mistakes)['test'], mistakes)
   assert len(found['label']) == 5
   assert np.all(found['label'] != found['prediction'])

@@ -271,10 +271,11 @@ def test_a_checkpoint_restores_batchnorm_statistics(config, bn_step, tmp_path):
   manager = checkpoint.create_manager(str(tmp_path))
   checkpoint.save(manager, saved, {'model': 'tiny'})
   manager.wait_until_finished()
-  target = tiny_state(config, TinyBN())
-  restored = checkpoint.restore(manager, target, {'model': 'tiny'})
-  chex.assert_trees_all_equal(restored.batch_stats, saved.batch_stats)
-  chex.assert_trees_all_equal(restored.params, saved.params)
+  target = checkpoint.weights(tiny_state(config, TinyBN()))
+  _, restored = checkpoint.restore(manager.directory, manager.all_steps(), target,
+                                   {'model': 'tiny'})
+  chex.assert_trees_all_equal(restored['batch_stats'], saved.batch_stats)
+  chex.assert_trees_all_equal(restored['params'], saved.params)
 
 
 def test_a_checkpoint_restores_an_empty_batch_stats(config, tmp_path):
@@ -283,8 +284,9 @@ def test_a_checkpoint_restores_an_empty_batch_stats(config, tmp_path):
   manager = checkpoint.create_manager(str(tmp_path))
   checkpoint.save(manager, state, {'model': 'dense'})
   manager.wait_until_finished()
-  restored = checkpoint.restore(manager, state, {'model': 'dense'})
-  assert restored.batch_stats == {}
+  _, restored = checkpoint.restore(manager.directory, manager.all_steps(),
+                                   checkpoint.weights(state), {'model': 'dense'})
+  assert restored['batch_stats'] == {}
 
 
 @pytest.mark.parametrize('model, params', [

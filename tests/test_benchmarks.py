@@ -27,6 +27,7 @@ def test_device_check_runs_end_to_end(tmp_path):
       DATA_DIR=str(tmp_path / 'tfds'), WORK_DIR=str(tmp_path / 'work'),
       VERIFY_CHECKSUMS='false', DTYPES='bfloat16', BATCH_SIZES='16', WARMUP='1',
       STEPS='2', TRAIN_STEPS='2', BEST='false',
+      STAGE_LIMITS='false',  # The limits are a GPU's: a busy CPU may take longer.
       BENCH_FLAGS='--matmul_size=256 --host_steps=5',
       CONFIG_FLAGS=(f'--config.image_size=32 --config.batch_size=16 '
                     f'--config.eval_batch_size=16 '

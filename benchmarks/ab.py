@@ -24,6 +24,7 @@ import ml_collections
 
 from benchmarks import benchmark
 from googlenet_jax import compilation_cache
+from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train_state
 
@@ -54,7 +55,7 @@ def variant(config: ml_collections.ConfigDict):
   """The pmapped train step, a replicated initial state and batches of `config`."""
   state = train_state.create_train_state(jax.random.key(config.seed), config,
                                          train_state.create_model(config))
-  return (steps.pmap_train_step(config), train_state.replicate(state),
+  return (steps.pmap_train_step(config), sharding.replicate(state),
           itertools.repeat(benchmark.synthetic_batch(config.batch_size)))
 
 

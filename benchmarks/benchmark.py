@@ -36,6 +36,7 @@ from googlenet_jax import compilation_cache
 from googlenet_jax import input_pipeline
 from googlenet_jax import preemption
 from googlenet_jax import progress
+from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train
 from googlenet_jax import train_state
@@ -93,7 +94,7 @@ def host_batch(batch_size: int, with_mask: bool = False) -> dict[str, np.ndarray
 
 def synthetic_batch(batch_size: int, with_mask: bool = False):
   """`host_batch`, already on the devices."""
-  return jax.device_put(host_batch(batch_size, with_mask), train_state.device_sharding())
+  return jax.device_put(host_batch(batch_size, with_mask), sharding.device_sharding())
 
 
 def take_turns(step_fns: dict[str, Callable], states: dict,
@@ -195,7 +196,7 @@ def null_train_step(metrics) -> Callable:
   def step(state, batch):
     del batch
     return state, {k: jnp.ones(v.shape[1:], v.dtype) for k, v in metrics.items()}
-  return jax.pmap(step, axis_name=train_state.AXIS, donate_argnums=(0,))
+  return jax.pmap(step, axis_name=sharding.AXIS, donate_argnums=(0,))
 
 
 def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
@@ -266,7 +267,7 @@ def measure(config) -> dict:
       jax.random.key(config.seed), config, train_state.create_model(config))
   p_train_step = steps.pmap_train_step(config)
   batch = synthetic_batch(config.batch_size)
-  state = train_state.replicate(host_state)
+  state = sharding.replicate(host_state)
 
   start = time.perf_counter()
   compiled = p_train_step.lower(state, batch).compile()  # Kept for the calls.
@@ -284,7 +285,7 @@ def measure(config) -> dict:
   if FLAGS.real_data:
     sources = input_pipeline.load_sources(config)
     step_fns['train_real'] = p_train_step
-    states['train_real'] = train_state.replicate(host_state)
+    states['train_real'] = sharding.replicate(host_state)
     # As the training loop feeds its steps: prefetched to the devices.
     feeds['train_real'] = input_pipeline.prefetch_to_device(
         train_batches(sources['train'], config))
@@ -297,7 +298,7 @@ def measure(config) -> dict:
   results['achieved_flops_per_s'] = (
       results['flops'] * results['train_synthetic']['median'] / config.batch_size)
   results['host_ms_per_step'] = host_ms_per_step(
-      config, train_state.replicate(host_state), metrics, host_feed)
+      config, sharding.replicate(host_state), metrics, host_feed)
   results['eval'] = timed_eval(steps.pmap_eval_step(config),
                                states['train_synthetic'], config.eval_batch_size)
   results['host_peak_rss_bytes'] = resource.getrusage(

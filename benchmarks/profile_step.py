@@ -30,6 +30,7 @@ import jax
 from jax import profiler
 
 from benchmarks import benchmark
+from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax.errors import UserError
@@ -164,7 +165,7 @@ def thunk_times(trace_dir: str, module_name: str) -> dict[str, list[int]]:
 
 def profile(config) -> dict:
   """Traces FLAGS.steps train steps and returns every operation's time and kind."""
-  state = train_state.replicate(train_state.create_train_state(
+  state = sharding.replicate(train_state.create_train_state(
       jax.random.key(config.seed), config, train_state.create_model(config)))
   p_train_step = steps.pmap_train_step(config)
   batch = benchmark.synthetic_batch(config.batch_size)

@@ -11,6 +11,7 @@ from googlenet_jax import config_fields
 from googlenet_jax import eval_report
 from googlenet_jax import input_pipeline
 from googlenet_jax import progress
+from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
@@ -23,7 +24,7 @@ def add_metrics(total: steps.Metrics | None, metrics: steps.Metrics) -> steps.Me
 
 def fetch_metrics(total: steps.Metrics) -> dict[str, Any]:
   """The running sum on the host: scalars as floats, the confusion matrix as numpy."""
-  total = train_state.unreplicate(total)
+  total = sharding.unreplicate(total)
   return {k: float(v) if np.ndim(v) == 0 else v for k, v in total.items()}
 
 
@@ -117,7 +118,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   config, state, path = restore_for_eval(config, workdir, checkpoint_path, overrides)
   source = input_pipeline.load_sources(config)['test']
-  result = evaluate(steps.pmap_eval_step(config), train_state.replicate(state),
+  result = evaluate(steps.pmap_eval_step(config), sharding.replicate(state),
                     source, config)
   result['step'] = int(state.step)
   result['checkpoint'] = path

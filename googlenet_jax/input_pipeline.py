@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from googlenet_jax import errors
-from googlenet_jax import train_state
+from googlenet_jax import sharding
 from googlenet_jax.data import fashion_mnist
 from googlenet_jax.validation import check_batch_size
 
@@ -185,7 +185,7 @@ def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
 
   Every array [num_local_devices, ...] is split over its leading axis, row d
   on `jax.local_devices()[d]`, as `jax.pmap` splits its inputs: a NamedSharding
-  over the local devices with axis 'batch', the layout `train_state.replicate` gives
+  over the local devices with axis `sharding.AXIS`, the layout `sharding.replicate` gives
   the state. A pmapped step compiles once per input layout it sees, numpy
   arrays being one layout and these another, so feed a step from here only.
 
@@ -202,11 +202,11 @@ def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
   Yields:
     Each batch of `batches`, in order, its numpy arrays now jax.Arrays.
   """
-  sharding = train_state.device_sharding()
+  layout = sharding.device_sharding()
 
   def put(batch):
     return jax.tree.map(lambda x: jax.make_array_from_callback(
-        x.shape, sharding, x.__getitem__), batch)
+        x.shape, layout, x.__getitem__), batch)
 
   batches = iter(batches)
   queue = collections.deque(map(put, itertools.islice(batches, size)))

@@ -12,8 +12,8 @@ import numpy as np
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
 from googlenet_jax import plots
+from googlenet_jax import sharding
 from googlenet_jax import steps
-from googlenet_jax import train_state
 
 
 def predict(state, source, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
@@ -32,7 +32,7 @@ def predict(state, source, config: ml_collections.ConfigDict) -> dict[str, np.nd
     {'image': uint8 [N, 28, 28, 1], 'label': [N], 'prediction': [N]}.
   """
   p_eval_step = steps.pmap_eval_step(config)
-  state = train_state.replicate(state)
+  state = sharding.replicate(state)
   indices, predictions = [], []
   batch_starts = itertools.count(0, config.eval_batch_size)
   for start, batch in zip(batch_starts, evaluate.device_batches(source, config)):

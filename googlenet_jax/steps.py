@@ -1,7 +1,7 @@
 """The per-device training and evaluation steps, and their pmapped form.
 
 The steps are plain functions of one device's shard that sum or average over
-devices with `axis_name='batch'` collectives; `jax.pmap` runs them on every
+devices with `axis_name=sharding.AXIS` collectives; `jax.pmap` runs them on every
 local device. Images arrive as uint8 28x28 and are resized and scaled on the
 device. The model may compute in bfloat16 (`config.dtype`); its logits, the
 losses and the metrics are float32.
@@ -16,7 +16,8 @@ import ml_collections
 import optax
 
 from googlenet_jax import augment
-from googlenet_jax.train_state import AXIS, TrainState
+from googlenet_jax.sharding import AXIS
+from googlenet_jax.train_state import TrainState
 
 Metrics = dict[str, jax.Array]
 
@@ -104,7 +105,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], image_size: int,
 
   def loss_fn(params):
     # BatchNorm in training mode normalises with this step's batch statistics
-    # (averaged over devices: axis_name='batch') and returns its updated running
+    # (averaged over devices: the model's axis_name) and returns its updated running
     # averages as the mutable 'batch_stats' collection; {} without BatchNorm.
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images, train=True,

@@ -22,6 +22,7 @@ from googlenet_jax import input_pipeline
 from googlenet_jax import plots
 from googlenet_jax import preemption
 from googlenet_jax import progress
+from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
@@ -38,7 +39,7 @@ def save_checkpoint(manager, state: train_state.TrainState,
     UserError: the training loss or a parameter is NaN or infinite; the last
       good checkpoint is kept as it is.
   """
-  host_state = train_state.unreplicate(state)
+  host_state = sharding.unreplicate(state)
   params_finite = all(np.isfinite(x).all() for x in jax.tree.leaves(host_state.params))
   if not (math.isfinite(train_loss_sum) and params_finite):
     raise UserError(
@@ -138,7 +139,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, manager,
   distributed.check_hosts_agree(manager.latest_step() or 0, config, workdir)
   state = restore_or_create(config, manager, steps_per_epoch)
   step = int(state.step)
-  state = train_state.replicate(state)
+  state = sharding.replicate(state)
   p_train_step = steps.pmap_train_step(config)
   p_eval_step = steps.pmap_eval_step(config)
 

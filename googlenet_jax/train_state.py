@@ -1,22 +1,18 @@
 """What training starts from: the model, the optimizer and the initial train state."""
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from flax import struct
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import ml_collections
-import numpy as np
 import optax
 
 from googlenet_jax import models
+from googlenet_jax import sharding
 from googlenet_jax.models import conv_lowering
-
-AXIS = 'batch'  # The name of the device axis of the pmapped steps.
-
 
 class TrainState(train_state.TrainState):
   """Parameters, optimizer state and BatchNorm's running averages.
@@ -31,6 +27,7 @@ def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None
                  platform: str | None = None):
   """The model named by `config.model`, computing in `config.dtype`.
 
+  BatchNorm averages its batch statistics over the pmapped steps' device axis.
   Its convolutions and max-pools take `conv_form` (default `config.conv_lowering`),
   resolved for `platform`, that of the devices its steps are compiled for
   (default: JAX's default backend); parameters are float32 in every form and
@@ -46,7 +43,8 @@ def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None
 @functools.lru_cache(maxsize=None)
 def _create_model(name: str, num_classes: int, form: str, dtype: jnp.dtype):
   return models.MODELS[name](num_classes=num_classes, conv=conv_lowering.conv_module(form),
-                             max_pool=conv_lowering.max_pool(form), dtype=dtype)
+                             max_pool=conv_lowering.max_pool(form), dtype=dtype,
+                             axis_name=sharding.AXIS)
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -166,31 +164,3 @@ def for_inference(state: TrainState) -> TrainState:
   share its compiled program.
   """
   return state.replace(tx=None, opt_state=None)
-
-
-def device_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding:
-  """pmap's layout: the leading axis split over the local devices (or `devices`)."""
-  return NamedSharding(Mesh(devices or jax.local_devices(), (AXIS,)), PartitionSpec(AXIS))
-
-
-def replicate(tree, devices: Sequence[jax.Device] | None = None):
-  """Copies `tree` to every local device (or `devices`), laid out as pmap's outputs.
-
-  `flax.jax_utils.replicate` names its mesh axis differently, which makes the
-  second step compile the train step a second time.
-  """
-  devices = devices or jax.local_devices()
-  sharding = device_sharding(devices)
-  def put(x):
-    x = np.asarray(x)
-    return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
-  return jax.tree.map(put, jax.device_get(tree))
-
-
-def unreplicate(tree):
-  """The first device's copy of a replicated `tree`, on the host.
-
-  Reads that device's shard of each array; `x[0]` would compile and run a
-  gather per leaf, seconds for GoogLeNet's 250 leaves.
-  """
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)

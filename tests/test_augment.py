@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from googlenet_jax import augment
+from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
@@ -97,9 +98,9 @@ def step_params(state, global_batch, num_devices, augmentation):
   devices = jax.devices()[:num_devices]
   sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[2:]),
                          global_batch)
-  new_state, _ = jax.pmap(step, axis_name=train_state.AXIS, devices=devices)(
-      train_state.replicate(state, devices), sharded)
-  return train_state.unreplicate(new_state.params)
+  new_state, _ = jax.pmap(step, axis_name=sharding.AXIS, devices=devices)(
+      sharding.replicate(state, devices), sharded)
+  return sharding.unreplicate(new_state.params)
 
 
 def test_an_augmented_step_on_8_devices_equals_it_on_1(linear_state):
@@ -115,7 +116,7 @@ def test_augmentation_changes_with_the_step_and_repeats_for_the_same_step():
   images = batch(1, 4)['image']
   preprocess = jax.pmap(
       lambda x, step: steps.augmented_preprocess(x, 28, ALL, 0, step),
-      axis_name=train_state.AXIS, in_axes=(0, None), devices=jax.devices()[:1])
+      axis_name=sharding.AXIS, in_axes=(0, None), devices=jax.devices()[:1])
   at = lambda step: preprocess(images, step)
   assert jnp.array_equal(at(3), at(3))
   assert not jnp.array_equal(at(3), at(4))

@@ -14,7 +14,7 @@ import pytest
 
 from googlenet_jax import errors
 from googlenet_jax import input_pipeline
-from googlenet_jax import train_state
+from googlenet_jax import sharding
 from googlenet_jax.data import fashion_mnist
 
 from fake_data import NUM_TEST, NUM_TRAIN, idx_bytes, write_dataset, write_idx
@@ -315,15 +315,14 @@ def test_prefetch_yields_the_batches_in_order_split_over_the_devices(sources):
   on_device = list(input_pipeline.prefetch_to_device(iter(host)))
   assert len(on_device) == len(host) == 2
   devices = jax.local_devices()
-  # The layout train_state.replicate gives the state.
-  sharding = NamedSharding(Mesh(devices, (train_state.AXIS,)),
-                           PartitionSpec(train_state.AXIS))
+  # The layout sharding.replicate gives the state.
+  layout = NamedSharding(Mesh(devices, (sharding.AXIS,)), PartitionSpec(sharding.AXIS))
   for host_batch, device_batch in zip(host, on_device):
     assert device_batch.keys() == host_batch.keys() == {'image', 'label',
                                                         'mask'}
     for key, array in device_batch.items():
       assert isinstance(array, jax.Array)
-      assert array.sharding == sharding
+      assert array.sharding == layout
       assert array.dtype == host_batch[key].dtype
       for d, device in enumerate(devices):
         (shard,) = [s for s in array.addressable_shards if s.device == device]
@@ -351,8 +350,8 @@ def test_a_pmapped_step_fed_by_prefetch_compiles_once(sources, caplog):
     return state + 1, jnp.sum(batch['image'], dtype=jnp.int32) + jnp.sum(
         batch['label'])
 
-  p_step = jax.pmap(step, axis_name=train_state.AXIS, donate_argnums=(0,))
-  state = train_state.replicate(np.zeros((), np.int32))
+  p_step = jax.pmap(step, axis_name=sharding.AXIS, donate_argnums=(0,))
+  state = sharding.replicate(np.zeros((), np.int32))
   batches = itertools.chain(local_train_batches(sources['train']),
                             local_train_batches(sources['train']))
   with jax.log_compiles(), caplog.at_level(logging.WARNING):

@@ -10,6 +10,7 @@ import pytest
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
 from googlenet_jax import predict
+from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train
 from googlenet_jax import train_state
@@ -41,9 +42,9 @@ def convolution_operand_types(config) -> set[str]:
   batch = {'image': np.zeros((1, 2, 28, 28, 1), np.uint8),
            'label': np.zeros((1, 2), np.int32)}
   one = jax.devices()[:1]
-  text = jax.pmap(steps.train_step, axis_name=train_state.AXIS, devices=one,
+  text = jax.pmap(steps.train_step, axis_name=sharding.AXIS, devices=one,
                   static_broadcasted_argnums=(2,)).lower(
-                      train_state.replicate(state, one), batch, IMAGE_SIZE).as_text()
+                      sharding.replicate(state, one), batch, IMAGE_SIZE).as_text()
   # (tensor<2x32x32x1xbf16>, tensor<7x7x1x64xbf16>) -> ...: the operands' types.
   operands = re.findall(r'stablehlo\.convolution.*?: \(tensor<[^>]*x(\w+)>, '
                         r'tensor<[^>]*x(\w+)>\)', text)

@@ -23,8 +23,8 @@ from gcs_server import free_port
 from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import predict
+from googlenet_jax import sharding
 from googlenet_jax import train
-from googlenet_jax import train_state
 from googlenet_jax import workdirs
 from googlenet_jax.errors import UserError
 
@@ -53,8 +53,8 @@ def test_a_run_in_a_bucket_is_killed_resumes_bit_exactly_and_is_evaluated(
   assert evaluator.returncode == 0, stderr[-3000:]
   assert 'Checkpoint at step ' in stdout
   # Resumed (here, in process) it ends where the uninterrupted run does, to the bit.
-  resumed = train_state.unreplicate(train.train_and_evaluate(config, workdir))
-  expected = train_state.unreplicate(trained[1])
+  resumed = sharding.unreplicate(train.train_and_evaluate(config, workdir))
+  expected = sharding.unreplicate(trained[1])
   assert int(resumed.step) == int(expected.step) == 6
   chex.assert_trees_all_equal(resumed.params, expected.params)
   chex.assert_trees_all_equal(resumed.opt_state, expected.opt_state)

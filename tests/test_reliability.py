@@ -24,6 +24,7 @@ from fake_data import NUM_TEST, NUM_TRAIN
 from googlenet_jax import checkpoint
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
+from googlenet_jax import sharding
 from googlenet_jax import train
 from googlenet_jax import train_state
 from googlenet_jax import validation
@@ -98,9 +99,9 @@ def test_a_killed_then_preempted_run_resumes_bit_exactly(long_config, uninterrup
   assert result.returncode == 0, result.stderr[-3000:]
   resumed = final_state(long_config, tmp_path)
   assert int(resumed.step) == 12
-  chex.assert_trees_all_equal(resumed.params, train_state.unreplicate(uninterrupted.params))
+  chex.assert_trees_all_equal(resumed.params, sharding.unreplicate(uninterrupted.params))
   chex.assert_trees_all_equal(resumed.opt_state,
-                              train_state.unreplicate(uninterrupted.opt_state))
+                              sharding.unreplicate(uninterrupted.opt_state))
 
 
 @pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
@@ -117,7 +118,7 @@ def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_pa
   train.train_and_evaluate(long_config, str(tmp_path))
   assert not partial.exists()  # Removed when the training started.
   resumed = final_state(long_config, tmp_path)
-  chex.assert_trees_all_equal(resumed.params, train_state.unreplicate(uninterrupted.params))
+  chex.assert_trees_all_equal(resumed.params, sharding.unreplicate(uninterrupted.params))
 
 
 def free_port() -> int:
@@ -158,7 +159,7 @@ def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
   for process in start_two_hosts(workdir, short):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
-  one = train_state.unreplicate(
+  one = sharding.unreplicate(
       train.train_and_evaluate(short, str(tmp_path / 'one_host')))
   two = final_state(short, workdir)
   assert int(two.step) == int(one.step) == 6

@@ -11,6 +11,7 @@ import pytest
 
 from googlenet_jax import checkpoint
 from googlenet_jax import evaluate
+from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train
 from googlenet_jax import train_state
@@ -37,7 +38,7 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(config, dtype):
   config = config.copy_and_resolve_references()
   config.dtype = dtype
   p_train_step = steps.pmap_train_step(config)
-  state = train_state.replicate(initial_state(config))
+  state = sharding.replicate(initial_state(config))
   batch = fixed_batch(8, 2)
   losses = []
   for _ in range(6):
@@ -56,13 +57,13 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
 
   one = jax.devices()[:1]
   state1, metrics1 = steps.pmap_train_step(config, devices=one)(
-      train_state.replicate(state, one), batch1)
-  state8, metrics8 = steps.pmap_train_step(config)(train_state.replicate(state), batch8)
+      sharding.replicate(state, one), batch1)
+  state8, metrics8 = steps.pmap_train_step(config)(sharding.replicate(state), batch8)
 
   # XLA's CPU gradients of one batch of 16 are off by ~0.8% (against float64)
   # where eight batches of 2 are exact to 1e-7, so the bound is loose; a missing
   # or doubled average over devices would be off by 100% or more.
-  params1, params8 = (train_state.unreplicate(s.params) for s in (state1, state8))
+  params1, params8 = (sharding.unreplicate(s.params) for s in (state1, state8))
   assert update_difference(params8, params1, state.params) < 0.02
   chex.assert_trees_all_close(metrics8['loss'][0], metrics1['loss'][0], rtol=1e-5)
 

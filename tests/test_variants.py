@@ -16,6 +16,7 @@ import pytest
 from googlenet_jax import checkpoint
 from googlenet_jax import compare
 from googlenet_jax import models
+from googlenet_jax import sharding
 from googlenet_jax import summary
 from googlenet_jax import steps
 from googlenet_jax import train_state
@@ -208,8 +209,8 @@ class TinyBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = global_average_pool(ConvBlock(4, 3, norm=True)(x, train))
-    return nn.Dense(self.num_classes)(x)
+    x = ConvBlock(4, 3, norm=True, axis_name=sharding.AXIS)(x, train)
+    return nn.Dense(self.num_classes)(global_average_pool(x))
 
 
 def tiny_state(config, model):
@@ -229,7 +230,7 @@ def bn_step(config):
   """The initial TinyBN state and its state after one pmapped step on 8 devices."""
   state = tiny_state(config, TinyBN())
   p_train_step = steps.pmap_train_step(config)
-  new_state, _ = p_train_step(train_state.replicate(state), random_batch(8, 2))
+  new_state, _ = p_train_step(sharding.replicate(state), random_batch(8, 2))
   return state, new_state
 
 
@@ -239,17 +240,17 @@ def test_batchnorm_statistics_update_in_training_identically_on_every_device(
   mean = new_state.batch_stats['ConvBlock_0']['BatchNorm_0']['mean']
   assert mean.shape == (8, 4)
   assert not np.allclose(mean[0], state.batch_stats['ConvBlock_0']['BatchNorm_0']['mean'])
-  # Each device saw other images; axis_name='batch' averaged their statistics.
+  # Each device saw other images; axis_name=sharding.AXIS averaged their statistics.
   for leaf in jax.tree.leaves(new_state.batch_stats):
     chex.assert_trees_all_equal(*list(leaf))
   # They are the statistics of the global batch: one device, all 16 images.
   one = jax.devices()[:1]
   step = jax.pmap(functools.partial(steps.train_step, image_size=config.image_size),
-                  axis_name=train_state.AXIS, devices=one)
+                  axis_name=sharding.AXIS, devices=one)
   batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), random_batch(8, 2))
-  state1, _ = step(train_state.replicate(state, one), batch1)
-  chex.assert_trees_all_close(train_state.unreplicate(new_state.batch_stats),
-                              train_state.unreplicate(state1.batch_stats),
+  state1, _ = step(sharding.replicate(state, one), batch1)
+  chex.assert_trees_all_close(sharding.unreplicate(new_state.batch_stats),
+                              sharding.unreplicate(state1.batch_stats),
                               atol=1e-6)
 
 

@@ -8,8 +8,8 @@ for a 3x3/2 pool), which keeps the shapes but changes the numbers.
 BN-Inception (Ioffe & Szegedy, 2015); the default is the chapter's network.
 `conv` is the convolution module and `max_pool` the max-pool function
 (`train_state.create_model` chooses how both are computed, see conv_lowering),
-and `dtype` the dtype the layers compute in; the parameters are float32
-whatever all three are.
+`dtype` the dtype the layers compute in (the parameters are float32 whatever
+all three are), and `axis_name` the device axis BatchNorm averages over.
 """
 
 import functools
@@ -23,9 +23,8 @@ ModuleDef = Any
 # Xavier-uniform kernels and zero biases, as the chapter's `init_cnn`.
 Conv = functools.partial(nn.Conv, kernel_init=nn.initializers.xavier_uniform())
 Dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform())
-# Running averages are updated with momentum 0.9 (PyTorch's 0.1); axis_name makes
-# the batch statistics those of the global batch inside the pmapped train step.
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, axis_name='batch')
+# Running averages are updated with momentum 0.9 (PyTorch's 0.1).
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9)
 
 
 def pad(size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -57,6 +56,9 @@ class ConvBlock(nn.Module):
     relu: ReLU at the end; False leaves a linear projection.
     conv: the convolution module.
     dtype: the dtype the conv and BatchNorm compute in.
+    axis_name: the device axis over which BatchNorm's batch statistics are
+      averaged in a pmapped train step, making them the global batch's; None
+      keeps each device's own.
   """
   features: int
   kernel_size: int | tuple[int, int]
@@ -66,6 +68,7 @@ class ConvBlock(nn.Module):
   relu: bool = True
   conv: ModuleDef = Conv
   dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -77,7 +80,8 @@ class ConvBlock(nn.Module):
     if self.norm:
       # Training normalises with this batch's statistics and updates the
       # running averages; evaluation uses the running averages.
-      x = BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+      x = BatchNorm(use_running_average=not train, dtype=self.dtype,
+                    axis_name=self.axis_name)(x)
     return nn.relu(x) if self.relu else x
 
 
@@ -136,6 +140,7 @@ class GoogLeNet(nn.Module):
     conv: the convolution module of every conv.
     max_pool: the max-pool function of every max-pool, called as `nn.max_pool`.
     dtype: the dtype every layer computes in.
+    axis_name: the device axis of BatchNorm's batch statistics (see ConvBlock).
   """
   num_classes: int = 10
   norm: bool = False
@@ -143,10 +148,11 @@ class GoogLeNet(nn.Module):
   conv: ModuleDef = Conv
   max_pool: Callable = nn.max_pool
   dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   def setup(self):
     conv = functools.partial(ConvBlock, norm=self.norm, conv=self.conv,
-                             dtype=self.dtype)
+                             dtype=self.dtype, axis_name=self.axis_name)
     inception = functools.partial(self.block, conv=conv, max_pool=self.max_pool)
     pool = functools.partial(max_pool_3x3, stride=2, max_pool=self.max_pool)
     self.b1 = Stage(self.stem(conv, pool))

@@ -147,14 +147,17 @@ class InceptionV3(nn.Module):
     conv: the convolution module of every conv.
     max_pool: the max-pool function of every max-pool, called as `nn.max_pool`.
     dtype: the dtype every layer computes in.
+    axis_name: the device axis of BatchNorm's batch statistics (see ConvBlock).
   """
   num_classes: int = 10
   conv: ModuleDef = Conv
   max_pool: Callable = nn.max_pool
   dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   def setup(self):
-    conv = functools.partial(ConvBlock, norm=True, conv=self.conv, dtype=self.dtype)
+    conv = functools.partial(ConvBlock, norm=True, conv=self.conv, dtype=self.dtype,
+                             axis_name=self.axis_name)
     valid = functools.partial(conv, padded=False)  # The stem's unpadded convs.
     self.b1 = Stage([valid(32, 3, strides=2), valid(32, 3), conv(64, 3),
                      functools.partial(max_pool_3x3_valid, max_pool=self.max_pool)])

@@ -148,8 +148,9 @@ def pmap_train_step(config: ml_collections.ConfigDict,
                     devices: Sequence[jax.Device] | None = None) -> Callable:
   """`train_step` with the config's settings, pmapped over the local devices or `devices`.
 
-  The same settings give the same function, so that runs in one process (a
-  resume, the tests) reuse its traced and compiled step.
+  The same settings give the same function (a cache keyed on exactly the
+  settings the step reads), so that runs in one process (a resume, the tests)
+  reuse its traced and compiled step.
   """
   return _pmap_train_step(config.image_size, config.label_smoothing,
                           augment.Augmentation.from_config(config), config.seed,
@@ -167,7 +168,10 @@ def _pmap_train_step(image_size, label_smoothing, augmentation, seed, devices):
 
 def pmap_eval_step(config: ml_collections.ConfigDict,
                    devices: Sequence[jax.Device] | None = None) -> Callable:
-  """`eval_step` at the config's image size, pmapped over the local devices or `devices`."""
+  """`eval_step` at the config's image size, pmapped over the local devices or `devices`.
+
+  Cached on the image size and devices, all it reads, as `pmap_train_step` is.
+  """
   return _pmap_eval_step(config.image_size, None if devices is None else tuple(devices))
 
 

@@ -37,9 +37,10 @@ def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None
   return _create_model(config.model, config.num_classes, form, jnp.dtype(config.dtype))
 
 
-# One object per setting: a train state holds `model.apply`, which equals another
-# only for the same model object, and equal states share one traced train step.
-# Keyed on the resolved form, so one process holds a CPU and a TPU model apart.
+# One object per setting, for runs in one process (a resume, the tests): a train
+# state holds `model.apply`, which equals another only for the same model object,
+# and equal states share one traced train step. Keyed on exactly what it reads,
+# the form resolved, so one process holds a CPU and a TPU model apart.
 @functools.lru_cache(maxsize=None)
 def _create_model(name: str, num_classes: int, form: str, dtype: jnp.dtype):
   return models.MODELS[name](num_classes=num_classes, conv=conv_lowering.conv_module(form),
@@ -54,19 +55,31 @@ def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -
   return config.num_epochs * steps_per_epoch
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            steps_per_epoch: int) -> optax.ScalarOrSchedule:
-  """config.learning_rate, constant or after linear warmup with cosine decay to 0."""
+def learning_rate_steps(config: ml_collections.ConfigDict,
+                        steps_per_epoch: int) -> tuple[float, int, int] | float:
+  """config.learning_rate, or (peak, warmup steps, decay steps) of the cosine schedule."""
   if config.schedule == 'constant':
-    # A float, not a schedule: the optimizer state then holds no step count,
-    # as in checkpoints of the chapter's recipe.
     return config.learning_rate
   warmup_steps = int(config.warmup_epochs * steps_per_epoch)
   # A run shorter than its warmup (a quick num_train_steps check) only warms up.
   decay_steps = max(total_train_steps(config, steps_per_epoch), warmup_steps + 1)
+  return config.learning_rate, warmup_steps, decay_steps
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.ScalarOrSchedule:
+  """config.learning_rate, constant or after linear warmup with cosine decay to 0."""
+  return _learning_rate_fn(learning_rate_steps(config, steps_per_epoch))
+
+
+def _learning_rate_fn(rate: tuple[float, int, int] | float) -> optax.ScalarOrSchedule:
+  if not isinstance(rate, tuple):
+    # A float, not a schedule: the optimizer state then holds no step count,
+    # as in checkpoints of the chapter's recipe.
+    return rate
+  peak, warmup_steps, decay_steps = rate
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate,
-      warmup_steps=warmup_steps, decay_steps=decay_steps)
+      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps, decay_steps=decay_steps)
 
 
 def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -82,24 +95,24 @@ def create_optimizer(config: ml_collections.ConfigDict,
 
   `steps_per_epoch` only shapes the learning-rate schedule; the optimizer state's
   structure, which a checkpoint must match, does not depend on it. The same
-  config gives the same object: train states are then equal in structure, and
+  settings give the same object: train states are then equal in structure, and
   runs in one process (a resume, the tests) reuse their traced train step.
   """
-  return _create_optimizer(
-      ml_collections.FrozenConfigDict(config.copy_and_resolve_references()),
-      steps_per_epoch)
+  return _create_optimizer(learning_rate_steps(config, steps_per_epoch),
+                           config.momentum, config.nesterov, config.weight_decay)
 
 
+# Keyed on exactly what the optimizer reads: its learning rate as a function of
+# the step, momentum, nesterov and weight decay.
 @functools.lru_cache(maxsize=None)
-def _create_optimizer(config: ml_collections.FrozenConfigDict,
-                      steps_per_epoch: int) -> optax.GradientTransformation:
-  sgd = optax.sgd(create_learning_rate_fn(config, steps_per_epoch),
-                  momentum=config.momentum or None, nesterov=config.nesterov)
-  if not config.weight_decay:
+def _create_optimizer(rate: tuple[float, int, int] | float, momentum: float,
+                      nesterov: bool, weight_decay: float) -> optax.GradientTransformation:
+  sgd = optax.sgd(_learning_rate_fn(rate), momentum=momentum or None, nesterov=nesterov)
+  if not weight_decay:
     return sgd
   # Decay conv and dense kernels, not biases or BatchNorm's scale and offset.
   kernels = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
-  return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=kernels), sgd)
+  return optax.chain(optax.add_decayed_weights(weight_decay, mask=kernels), sgd)
 
 
 def one_image(image_size: int) -> jax.ShapeDtypeStruct:

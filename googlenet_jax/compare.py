@@ -8,8 +8,6 @@ FLOPs; XLA skips those that fall on padding, so padded convs read a bit low.
 
 from typing import NamedTuple
 
-import jax
-
 from googlenet_jax import models
 from googlenet_jax import summary
 from googlenet_jax import train_state
@@ -34,20 +32,15 @@ def compared_models(num_classes: int = 10) -> dict[str, object]:
              for name, model in models.MODELS.items()}}
 
 
-def abstract_variables(model, image_size: int):
-  """`model`'s variables for one image, as shapes only."""
-  return jax.eval_shape(model.init, jax.random.key(0), train_state.one_image(image_size))
-
-
 def multiply_adds(model, image_size: int) -> float:
   """Multiply-adds of one inference forward pass, from XLA's cost analysis."""
-  return summary.xla_flops(model.apply, abstract_variables(model, image_size),
+  return summary.xla_flops(model.apply, summary.abstract_variables(model, image_size),
                            train_state.one_image(image_size)) / 2
 
 
 def model_cost(name: str, model) -> Cost:
   """Trainable parameters (not BatchNorm's running averages) and multiply-adds, by size."""
-  return Cost(name, {size: summary.count_params(abstract_variables(model, size)['params'])
+  return Cost(name, {size: summary.count_params(summary.abstract_variables(model, size)['params'])
                      for size in IMAGE_SIZES},
               {size: multiply_adds(model, size) for size in IMAGE_SIZES},
               summary.smallest_image_size(model))

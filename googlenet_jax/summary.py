@@ -37,11 +37,13 @@ def xla_flops(fn, *args) -> float:
   return float(cost.get('flops', 0.0))
 
 
-def abstract_variables(model, image_size: int):
-  """(the image, `model`'s variables with every layer's output) as shapes only."""
-  images = train_state.one_image(image_size)
-  init = functools.partial(model.init_with_output, capture_intermediates=True)
-  return images, jax.eval_shape(init, jax.random.key(0), images)[1]
+def abstract_variables(model, image_size: int, intermediates: bool = False):
+  """`model`'s variables for one image, as shapes only.
+
+  With `intermediates`, they also hold every layer's output, under 'intermediates'.
+  """
+  init = functools.partial(model.init_with_output, capture_intermediates=intermediates)
+  return jax.eval_shape(init, jax.random.key(0), train_state.one_image(image_size))[1]
 
 
 def block_stats(model, image_size: int) -> list[BlockStats]:
@@ -49,7 +51,8 @@ def block_stats(model, image_size: int) -> list[BlockStats]:
 
   From shapes only (`jax.eval_shape`) and XLA's cost analysis: nothing runs.
   """
-  inputs, variables = abstract_variables(model, image_size)
+  inputs = train_state.one_image(image_size)
+  variables = abstract_variables(model, image_size, intermediates=True)
   blocks = {k: v['__call__'][0] for k, v in variables.pop('intermediates').items()
             if k != '__call__'}
   stats = []
@@ -70,7 +73,7 @@ def every_layer_has_pixels(model, image_size: int) -> bool:
   longer fits its input fails to trace, which counts as False too.
   """
   try:
-    _, variables = abstract_variables(model, image_size)
+    variables = abstract_variables(model, image_size, intermediates=True)
   except (TypeError, ValueError, ZeroDivisionError):
     return False
   return all(min(x.shape[1:3]) >= 1

@@ -60,13 +60,13 @@ def pod(config, tmp_path_factory):
 
 def num_params(config) -> int:
   model = train_state.create_model(config, platform='tpu')
-  _, variables = summary.abstract_variables(model, config.image_size)
+  variables = summary.abstract_variables(model, config.image_size)
   return summary.count_params(variables['params'])
 
 
 def num_conv_layers(config) -> int:
   model = train_state.create_model(config, platform='tpu')
-  _, variables = summary.abstract_variables(model, config.image_size)
+  variables = summary.abstract_variables(model, config.image_size)
   return sum(x.ndim == 4 for x in jax.tree.leaves(variables['params']))
 
 

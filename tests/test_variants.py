@@ -294,7 +294,7 @@ def test_a_checkpoint_restores_an_empty_batch_stats(config, tmp_path):
     (classic.AlexNet(), 46_764_746), (classic.VGG(), 128_806_154),
     (classic.NiN(), 1_992_166)])
 def test_classic_networks_have_d2ls_parameter_counts_at_224(model, params):
-  variables = compare.abstract_variables(model, 224)
+  variables = summary.abstract_variables(model, 224)
   assert summary.count_params(variables['params']) == params
 
 

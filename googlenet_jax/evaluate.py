@@ -2,6 +2,7 @@
 
 from typing import Any, Callable, Collection, Iterator, NamedTuple
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -65,7 +66,9 @@ def inference_config(config: ml_collections.ConfigDict, record: dict[str, Any],
   """
   config = config.copy_and_resolve_references()
   for field in config_fields.READ_FOR_INFERENCE:
-    if field in record and field not in overrides:
+    if field in record and field not in overrides and record[field] != config[field]:
+      logging.info("Using the checkpoint's %s=%r (the config has %r).", field,
+                   record[field], config[field])
       config[field] = record[field]
   return config
 

@@ -31,11 +31,12 @@ from ml_collections import config_flags
 
 from googlenet_jax import compare
 from googlenet_jax import compilation_cache
+from googlenet_jax import compile_mode
 from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import predict
 from googlenet_jax import summary
-from googlenet_jax import tpu_compile
+from googlenet_jax import topologies
 from googlenet_jax import train
 from googlenet_jax.errors import UserError, describe_os_error
 
@@ -87,7 +88,7 @@ MODES = {
         config, workdir, FLAGS.checkpoint, config_overrides()),
     'summary': lambda config, workdir: print(summary.summary_table(config)),
     'compare': lambda config, workdir: print(compare.comparison_table(config)),
-    'compile': lambda config, workdir: tpu_compile.compile_and_report(
+    'compile': lambda config, workdir: compile_mode.compile_and_report(
         config, workdir, FLAGS.topology, FLAGS.largest_batch),
 }
 
@@ -162,7 +163,7 @@ def main(argv):
   try:
     config = FLAGS.config
     if FLAGS.mode == 'compile':  # Before JAX starts a backend; uncached: it times compiles.
-      tpu_compile.prepare_host(FLAGS.topology)
+      topologies.prepare_host(FLAGS.topology)
     else:
       compilation_cache.enable(config.compilation_cache_dir)
     distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,

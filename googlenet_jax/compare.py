@@ -40,8 +40,9 @@ def multiply_adds(model, image_size: int) -> float:
 
 def model_cost(name: str, model) -> Cost:
   """Trainable parameters (not BatchNorm's running averages) and multiply-adds, by size."""
-  return Cost(name, {size: summary.count_params(summary.abstract_variables(model, size)['params'])
-                     for size in IMAGE_SIZES},
+  params = {size: summary.count_params(summary.abstract_variables(model, size)['params'])
+            for size in IMAGE_SIZES}
+  return Cost(name, params,
               {size: multiply_adds(model, size) for size in IMAGE_SIZES},
               summary.smallest_image_size(model))
 

@@ -6,21 +6,22 @@ there) and batches of 16, 2 images per chip, prove the same as the chapter's
 96x96 at a fraction of the compile time.
 """
 
-import json
 import os
 import platform
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
+from compile_runs import compile_for, flops_per_image, num_conv_layers, num_params
 from conftest import REPO, run_main
+from googlenet_jax import accelerators
+from googlenet_jax import compile_mode
 from googlenet_jax import input_pipeline
-from googlenet_jax import summary
-from googlenet_jax import tpu_compile
+from googlenet_jax import largest_batch
 from googlenet_jax import train_state
+from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
 
 # requirements.txt installs libtpu where it has wheels; elsewhere nothing compiles for a TPU.
@@ -31,19 +32,6 @@ needs_libtpu = pytest.mark.skipif(
 # GoogLeNet's max-pools: after b1 and b2, one in each of the nine Inception
 # blocks' fourth path, and after the third and fourth groups of blocks.
 NUM_MAX_POOLS = 13
-
-
-def compile_for(config, tmp_path_factory, topology, **fields):
-  """main.py --mode=compile for `topology` with `fields` set; its compile.json."""
-  config = config.copy_and_resolve_references()
-  # 'auto', the configs' default, must pick the TPU's form on this CPU.
-  config.update(conv_lowering='auto', image_size=16, **fields)
-  workdir = tmp_path_factory.mktemp(topology)
-  result = run_main(workdir, config, '--mode=compile', f'--topology={topology}',
-                    num_devices=1)
-  assert result.returncode == 0, result.stderr[-3000:]
-  with open(workdir / 'compile.json') as f:
-    return config, json.load(f), result.stdout
 
 
 @pytest.fixture(scope='module')
@@ -58,18 +46,6 @@ def pod(config, tmp_path_factory):
   return compile_for(config, tmp_path_factory, 'v4-16', dtype='float32')
 
 
-def num_params(config) -> int:
-  model = train_state.create_model(config, platform='tpu')
-  variables = summary.abstract_variables(model, config.image_size)
-  return summary.count_params(variables['params'])
-
-
-def num_conv_layers(config) -> int:
-  model = train_state.create_model(config, platform='tpu')
-  variables = summary.abstract_variables(model, config.image_size)
-  return sum(x.ndim == 4 for x in jax.tree.leaves(variables['params']))
-
-
 def check_report(config, report, topology, chips, hosts, device):
   info = report['info']
   assert (info['topology'], info['chips'], info['hosts'], info['device']) == (
@@ -80,14 +56,14 @@ def check_report(config, report, topology, chips, hosts, device):
     step = report[name]
     assert step['compile_s'] > 0
     memory = step['memory_per_chip']
-    assert memory['hbm_bytes'] == tpu_compile.SLICES[topology].hbm_bytes
+    assert memory['hbm_bytes'] == accelerators.ACCELERATORS[topology].chip.hbm_bytes
     assert memory['fits'] and 0 < memory['needed_bytes'] < memory['hbm_bytes']
     # The replicated parameters are float32 in every dtype: 4 bytes each, padded
     # to the TPU's tiles, and the chip's share of the batch.
     param_bytes = 4 * num_params(config)
     assert param_bytes <= memory['argument_bytes'] <= 1.2 * param_bytes + 10_000
     assert step['flops'] == pytest.approx(chips * step['flops_per_chip'])
-    assert step['cost_model']['note'] == tpu_compile.ESTIMATE
+    assert step['cost_model']['note'] == compile_mode.ESTIMATE
     assert set(step['cost_model']) >= {'step_seconds_estimate', 'images_per_sec_estimate'}
     assert step['collectives'].get('all-reduce', 0) >= 1
     # Collectives span every chip of the slice, not one host's.
@@ -96,8 +72,7 @@ def check_report(config, report, topology, chips, hosts, device):
   # inputs and weights) of the chip's share of the batch, an eval step one.
   # XLA's TPU cost analysis counts some padding that the CPU's does not: at
   # 16x16, 2.75 (v5e, bf16) to 3.9 (v4, f32) passes; twice the share is 5.5+.
-  per_image = sum(s.flops for s in summary.block_stats(
-      train_state.create_model(config, platform='tpu'), config.image_size))
+  per_image = flops_per_image(config)
   per_chip = 16 // chips
   assert 2.5 < report['train']['flops_per_chip'] / (per_chip * per_image) < 4.2
   assert 0.75 < report['eval']['flops_per_chip'] / (per_chip * per_image) < 1.4
@@ -141,7 +116,7 @@ def test_compile_for_a_pod_slice_takes_each_hosts_input(pod):
       process_count=2, num_local_devices=4))
   assert report['input_shapes']['train'] == {
       'image': [[4, 2, 28, 28, 1], 'uint8'], 'label': [[4, 2], 'int32']}
-  assert report['input_shapes']['train'] == tpu_compile.shapes(host_batch)
+  assert report['input_shapes']['train'] == compile_mode.shapes(host_batch)
 
 
 def test_an_unknown_topology_is_one_line(config, tmp_path):
@@ -207,11 +182,32 @@ def test_auto_form_follows_the_platform_compiled_for(config):
 
 
 def test_the_cost_models_time_counts_only_where_it_can_be_right():
-  v5e = tpu_compile.SLICES['v5litepod-8']
+  v5e = accelerators.ACCELERATORS['v5litepod-8'].chip
   flops = 23.5e9  # fmnist96's train step on one v5e chip at batch 128.
-  assert tpu_compile.step_seconds_estimate(1.71e-3, flops, v5e) == 1.71e-3
+  assert compile_mode.step_seconds_estimate(1.71e-3, flops, v5e) == 1.71e-3
   # XLA's figure at a per-chip batch of 1024 (bf16, v5e), as issue 19 found it.
-  assert tpu_compile.step_seconds_estimate(-64.0, 32 * flops, v5e) is None
-  assert tpu_compile.step_seconds_estimate(None, flops, v5e) is None
+  assert compile_mode.step_seconds_estimate(-64.0, 32 * flops, v5e) is None
+  assert compile_mode.step_seconds_estimate(None, flops, v5e) is None
   # Faster than the chip's peak allows.
-  assert tpu_compile.step_seconds_estimate(0.9 * flops / v5e.peak_flops, flops, v5e) is None
+  assert compile_mode.step_seconds_estimate(0.9 * flops / v5e.peak_flops, flops, v5e) is None
+
+
+def test_docs_tpu_table_is_the_accelerator_table():
+  with open(os.path.join(REPO, 'docs/tpu.md')) as f:
+    assert accelerators.markdown_table('tpu') in f.read()
+
+
+def test_largest_batch_halves_a_guess_that_does_not_fit_and_stops_at_one():
+  # Compiles that run out of HBM beyond 100 images per chip without saying how far.
+  def measure(per_chip: int) -> dict:
+    fits = per_chip <= 100
+    return {'per_chip_batch_size': per_chip, 'needed_bytes': per_chip if fits else None,
+            'fits': fits, 'compile_s': 1.0}
+  result = largest_batch.search(measure(16), measure, 2**30, 'v5litepod-8')
+  assert result['per_chip_batch_size'] == 64
+  assert result['linear_bytes_per_image'] is None
+  assert [c['per_chip_batch_size'] for c in result['compiles']] == [16, 256, 128, 64]
+  never = lambda per_chip: {'per_chip_batch_size': per_chip, 'needed_bytes': None,
+                            'fits': False, 'compile_s': 1.0}
+  with pytest.raises(UserError, match='does not fit on v5litepod-8 even at one image'):
+    largest_batch.search(never(16), never, 2**30, 'v5litepod-8')

@@ -1,0 +1,101 @@
+"""The accelerators --mode=compile compiles for, as data: Cloud TPU slices.
+
+Each is named as people rent it: gcloud's accelerator types. `markdown_table`
+draws the table of docs/tpu.md from this one (tests/test_tpu_compile.py checks
+that they agree).
+"""
+
+import dataclasses
+import math
+
+from googlenet_jax.errors import UserError
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One generation of TPU chip, as its compiler sees it."""
+  name: str
+  platform: str  # That of JAX's devices: 'tpu'.
+  hbm_bytes: int  # What XLA's TPU compiler allots (libtpu 0.0.42.1).
+  peak_flops: float  # bfloat16 dense matmul peak, vendor's figure.
+  chip_config: str = 'default'  # 'megacore' where a chip's two TensorCores are one device.
+
+
+TPU_V4 = Chip('TPU v4', 'tpu', int(30.75 * GiB), 275e12, chip_config='megacore')
+TPU_V5E = Chip('TPU v5e', 'tpu', int(15.75 * GiB), 197e12)
+TPU_V5P = Chip('TPU v5p', 'tpu', int(95.74 * GiB), 459e12, chip_config='megacore')
+TPU_V6E = Chip('TPU v6e', 'tpu', int(31.25 * GiB), 918e12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+  """A machine as rented, a TPU slice, and JAX's topology for it."""
+  name: str  # As --topology takes it.
+  chip: Chip
+  chips: int
+  chips_per_host: int
+  topology: str  # JAX's topology name: a TPU slice's generation and chip grid.
+  host_bounds: tuple[int, int, int]  # The chip grid of one host (VM).
+
+  @property
+  def hosts(self) -> int:
+    return self.chips // self.chips_per_host
+
+  @property
+  def platform(self) -> str:
+    return self.chip.platform
+
+
+def tpu_slice(name: str, topology: str, chip: Chip, chips: int,
+              host_bounds: tuple[int, int, int]) -> Accelerator:
+  """A Cloud TPU slice of `chips` chips, `host_bounds` of them a host."""
+  return Accelerator(name, chip, chips, math.prod(host_bounds), topology, host_bounds)
+
+
+# TPUs: gcloud's --accelerator-type names. Those of v4 and v5p count TensorCores,
+# two per chip (v4-8 is 4 chips); those of v5e (v5litepod) and v6e count chips.
+# Topologies and chip configs as MaxText's accelerator_to_spec_map.py; hosts as
+# Cloud TPU VMs have them: the -8 slices of v5e and v6e are one 8-chip host,
+# larger ones 4 chips a host, as v4 and v5p.
+ACCELERATORS = {a.name: a for a in (
+    tpu_slice('v4-8', 'v4:2x2x1', TPU_V4, 4, (2, 2, 1)),
+    tpu_slice('v4-16', 'v4:2x2x2', TPU_V4, 8, (2, 2, 1)),
+    tpu_slice('v5litepod-8', 'v5e:2x4', TPU_V5E, 8, (2, 4, 1)),
+    tpu_slice('v5litepod-16', 'v5e:4x4', TPU_V5E, 16, (2, 2, 1)),
+    tpu_slice('v5p-8', 'v5p:2x2x1', TPU_V5P, 4, (2, 2, 1)),
+    tpu_slice('v6e-8', 'v6e:2x4', TPU_V6E, 8, (2, 4, 1)),
+)}
+
+
+def of_platform(platform: str) -> list[Accelerator]:
+  """The accelerators of `platform` ('tpu'), in the table's order."""
+  return [a for a in ACCELERATORS.values() if a.platform == platform]
+
+
+def get(name: str | None) -> Accelerator:
+  """The accelerator `name`; UserError listing the known names if unknown."""
+  known = f'{", ".join(ACCELERATORS)} (Cloud TPU accelerator types)'
+  if not name:
+    raise UserError(f'--mode=compile needs --topology, one of {known}.')
+  if name not in ACCELERATORS:
+    raise UserError(f'Unknown --topology {name!r}: choose one of {known}.')
+  return ACCELERATORS[name]
+
+
+def _gib(num_bytes: float) -> str:
+  return f'{num_bytes / GiB:.2f}'.rstrip('0').rstrip('.') + ' GiB'
+
+
+def markdown_table(platform: str) -> str:
+  """The accelerators of `platform` as the docs' Markdown table."""
+  rows = ['| `--topology` | chip | JAX topology | chips | hosts | memory per chip (XLA) '
+          '| bf16 peak per chip |',
+          '|---|---|---|---|---|---|---|']
+  for a in of_platform(platform):
+    topology = a.topology + (', megacore' if a.chip.chip_config == 'megacore' else '')
+    rows.append(f'| {a.name} | {a.chip.name} | {topology} | {a.chips} | {a.hosts} | '
+                f'{_gib(a.chip.hbm_bytes)} | {a.chip.peak_flops / 1e12:.0f} TFLOP/s |')
+  return '\n'.join(rows)
+

@@ -1,0 +1,46 @@
+"""main.py --mode=compile as a user runs it, and the model's counts its report is checked against."""
+
+import json
+
+import jax
+
+from conftest import run_main
+from googlenet_jax import summary
+from googlenet_jax import train_state
+
+
+def compile_for(config, tmp_path_factory, topology, **fields):
+  """main.py --mode=compile for `topology` at 16x16 with `fields` set; its compile.json.
+
+  16x16 images (every max-pool and convolution still there) prove the same as
+  the chapter's 96x96 at a fraction of the compile time.
+  """
+  config = config.copy_and_resolve_references()
+  # 'auto', the configs' default, must pick the accelerator's form on this CPU.
+  config.update(conv_lowering='auto', image_size=16, **fields)
+  workdir = tmp_path_factory.mktemp(topology)
+  result = run_main(workdir, config, '--mode=compile', f'--topology={topology}',
+                    num_devices=1)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / 'compile.json') as f:
+    return config, json.load(f), result.stdout
+
+
+def variables(config):
+  """The shapes of the model's variables in the accelerators' form (XLA's convolutions)."""
+  model = train_state.create_model(config, conv_form='xla')
+  return summary.abstract_variables(model, config.image_size)
+
+
+def num_params(config) -> int:
+  return summary.count_params(variables(config)['params'])
+
+
+def num_conv_layers(config) -> int:
+  return sum(x.ndim == 4 for x in jax.tree.leaves(variables(config)['params']))
+
+
+def flops_per_image(config) -> float:
+  """The forward pass's FLOPs on one image, by XLA's CPU cost analysis of each block."""
+  model = train_state.create_model(config, conv_form='xla')
+  return sum(s.flops for s in summary.block_stats(model, config.image_size))

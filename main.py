@@ -38,6 +38,7 @@ from googlenet_jax import predict
 from googlenet_jax import summary
 from googlenet_jax import topologies
 from googlenet_jax import train
+from googlenet_jax import validation
 from googlenet_jax.errors import UserError, describe_os_error
 
 FLAGS = flags.FLAGS
@@ -162,6 +163,7 @@ def main(argv):
   sys.unraisablehook = drop_orbax_leftover_reports
   try:
     config = FLAGS.config
+    validation.check_config(config)
     if FLAGS.mode == 'compile':  # Before JAX starts a backend; uncached: it times compiles.
       topologies.prepare_host(FLAGS.topology)
     else:

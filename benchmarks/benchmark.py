@@ -165,6 +165,7 @@ def checked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config`, if validation accepts it; else a one-line usage error, not a traceback."""
   try:
     validation.check_config(config)
+    validation.check_batch_sizes(config, jax.device_count())
   except UserError as e:
     raise app.UsageError(str(e)) from e
   return config

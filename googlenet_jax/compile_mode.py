@@ -184,8 +184,7 @@ def compile_steps(config: ml_collections.ConfigDict, target: Target) -> dict:
   Raises:
     UserError: a batch does not split over the chips, or a step does not fit.
   """
-  for field in ('batch_size', 'eval_batch_size'):
-    validation.check_batch_size(config[field], len(target.devices), field)
+  validation.check_batch_sizes(config, len(target.devices))
   train = compile_step(config, target, 'train', config.batch_size)
   evaluation = compile_step(config, target, 'eval', config.eval_batch_size)
   return {'info': describe(config, target),
@@ -258,7 +257,6 @@ def step_seconds_estimate(optimal_seconds: float | None, flops_per_chip: float,
 def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
                        topology: str, find_largest_batch: bool = False) -> dict:
   """--mode=compile: compiles for `topology`, prints the table, writes WORKDIR/compile.json."""
-  validation.check_config(config)
   accelerator = accelerators.get(topology)
   workdirs.create(workdir)
   target = make_target(config, accelerator)

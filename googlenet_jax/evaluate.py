@@ -102,7 +102,7 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str,
   directory, steps = checkpoint.find_steps(
       checkpoint_path or checkpoint.checkpoint_dir(config, workdir))
   config = inference_config(config, checkpoint.newest_record(directory, steps), overrides)
-  validation.check_config(config)
+  validation.check_batch_sizes(config, jax.device_count(), ('eval_batch_size',))
   model = train_state.create_model(config)
   target = checkpoint.weights(train_state.abstract_train_state(config, model))
   step, weights = checkpoint.restore(directory, steps, target, checkpoint.meta(config))

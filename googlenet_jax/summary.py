@@ -11,7 +11,6 @@ import jax
 import ml_collections
 
 from googlenet_jax import train_state
-from googlenet_jax import validation
 
 
 class BlockStats(NamedTuple):
@@ -106,7 +105,6 @@ def format_table(stats: list[BlockStats]) -> str:
 
 def summary_table(config: ml_collections.ConfigDict) -> str:
   """The summary of the configured model at `config.image_size`."""
-  validation.check_config(config)
   # Convolutions as convolutions: FLOPs without the matmul form's padding.
   model = train_state.create_model(config, conv_form='xla')
   return (f'{config.model} on one {config.image_size}x{config.image_size}x1 image '

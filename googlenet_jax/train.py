@@ -116,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       from its checkpoint, or the file system failed (a full disk, no
       permission): the last good checkpoint is kept and named.
   """
-  validation.check_config(config)
+  validation.check_batch_sizes(config, jax.device_count())
   # The data before the workdir: bad input leaves no workdir behind.
   sources = input_pipeline.load_sources(config)
   workdirs.create(workdir)

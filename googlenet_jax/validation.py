@@ -1,6 +1,5 @@
 """Checks of a config before any work is done: each problem is one UserError line."""
 
-import jax
 import ml_collections
 
 from googlenet_jax import models
@@ -12,7 +11,11 @@ DTYPES = ('float32', 'bfloat16')
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError, in one line, for a config that cannot run."""
+  """Raises UserError, in one line, for a config that cannot run.
+
+  main.py calls it once, before any mode; the batch sizes against the devices
+  are checked where the devices are known (`check_batch_sizes`).
+  """
   check_choice(config, 'model', models.MODELS)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'image_size'):
     if config[field] <= 0:
@@ -41,8 +44,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_choice(config, 'conv_lowering', conv_lowering.FORMS)
   check_choice(config, 'schedule', SCHEDULES)
   check_choice(config, 'dtype', DTYPES)
-  for field in ('batch_size', 'eval_batch_size'):
-    check_batch_size(config[field], jax.device_count(), field)
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int,
+                      fields: tuple[str, ...] = ('batch_size', 'eval_batch_size')) -> None:
+  """Raises UserError unless each batch size of `fields` splits over `num_devices`."""
+  for field in fields:
+    check_batch_size(config[field], num_devices, field)
 
 
 def check_choice(config: ml_collections.ConfigDict, field: str, choices) -> None:

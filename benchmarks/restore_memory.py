@@ -23,6 +23,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from googlenet_jax import checkpoint
+from googlenet_jax import config_fields
 from googlenet_jax import train_state
 
 FLAGS = flags.FLAGS
@@ -53,7 +54,7 @@ def save_initial_state(config, directory: str) -> None:
   if manager.latest_step() is None:
     state = train_state.create_train_state(jax.random.key(0), config,
                                            train_state.create_model(config))
-    checkpoint.save(manager, jax.device_get(state), checkpoint.meta(config))
+    checkpoint.save(manager, jax.device_get(state), config_fields.record(config))
 
 
 def restore_once(config, directory: str, way: str) -> None:
@@ -63,7 +64,7 @@ def restore_once(config, directory: str, way: str) -> None:
     target = checkpoint.weights(target)
   before = resident_mib('VmRSS')
   reset_peak()
-  _, restored = checkpoint.restore(directory, [0], target, checkpoint.meta(config),
+  _, restored = checkpoint.restore(directory, [0], target, config_fields.record(config),
                                    resume=way == 'state')
   read = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(restored))
   print(f'{way}: {read / 2**20:.1f} MiB read, peak {resident_mib("VmHWM"):.0f} MiB '

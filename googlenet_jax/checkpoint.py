@@ -40,19 +40,14 @@ CHECKSUM = 'state_crc32'  # Of the whole state, checked by a resume.
 WEIGHTS_CHECKSUM = 'weights_crc32'  # Of `weights(state)`, checked by eval and predict.
 
 
-def checkpoint_dir(config, workdir: str) -> str:
-  """Where checkpoints live: `config.checkpoint_dir`, else WORKDIR/checkpoints.
+def checkpoint_dir(directory: str, workdir: str) -> str:
+  """Where checkpoints live: `directory` (config.checkpoint_dir), else WORKDIR/checkpoints.
 
   A local path is made absolute; a URL (gs://bucket/run) is kept as it is: Orbax
   writes there directly, marking a finished step with a commit file.
   """
-  directory = config.checkpoint_dir or os.path.join(workdir, 'checkpoints')
+  directory = directory or os.path.join(workdir, 'checkpoints')
   return directory if workdirs.is_url(directory) else os.path.abspath(directory)
-
-
-def meta(config) -> dict[str, Any]:
-  """The config fields a checkpoint records, to check a resume or evaluation against."""
-  return config_fields.record(config)
 
 
 def weights(state: Any) -> dict[str, Any]:

@@ -29,22 +29,24 @@ def fetch_metrics(total: steps.Metrics) -> dict[str, Any]:
   return {k: float(v) if np.ndim(v) == 0 else v for k, v in total.items()}
 
 
-def device_batches(source, config: ml_collections.ConfigDict) -> Iterator[dict]:
+def device_batches(source, batch_size: int) -> Iterator[dict]:
   """This process's share of every global batch of `source`, in order, on its devices."""
   return input_pipeline.prefetch_to_device(input_pipeline.eval_batches(
-      source, global_batch_size=config.eval_batch_size,
+      source, global_batch_size=batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_local_devices=jax.local_device_count()))
 
 
 def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
-             config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Loss, accuracy and confusion matrix over every example of `source`, each once."""
-  bar = progress.Progress('test', -(-len(source) // config.eval_batch_size),
-                          config.eval_batch_size)
+             batch_size: int) -> dict[str, Any]:
+  """Loss, accuracy and confusion matrix over every example of `source`, each once.
+
+  `batch_size` is the global batch; the last one is padded and masked.
+  """
+  bar = progress.Progress('test', -(-len(source) // batch_size), batch_size)
   state = train_state.for_inference(state)
   total = None  # Summed on the devices and fetched once.
-  for batch in device_batches(source, config):
+  for batch in device_batches(source, batch_size):
     total = add_metrics(total, p_eval_step(state, batch)[0])
     bar.update(total)
   bar.close()
@@ -100,12 +102,12 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str,
     UserError: there is no readable checkpoint, or an override changes the network.
   """
   directory, steps = checkpoint.find_steps(
-      checkpoint_path or checkpoint.checkpoint_dir(config, workdir))
+      checkpoint_path or checkpoint.checkpoint_dir(config.checkpoint_dir, workdir))
   config = inference_config(config, checkpoint.newest_record(directory, steps), overrides)
   validation.check_batch_sizes(config, jax.device_count(), ('eval_batch_size',))
   model = train_state.create_model(config)
   target = checkpoint.weights(train_state.abstract_train_state(config, model))
-  step, weights = checkpoint.restore(directory, steps, target, checkpoint.meta(config))
+  step, weights = checkpoint.restore(directory, steps, target, config_fields.record(config))
   state = train_state.TrainState(step=step, apply_fn=model.apply, tx=None, opt_state=None,
                                  **weights)  # As `train_state.for_inference` makes it.
   return Restored(config, state, str(directory / str(step)))
@@ -122,7 +124,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   config, state, path = restore_for_eval(config, workdir, checkpoint_path, overrides)
   source = input_pipeline.load_sources(config)['test']
   result = evaluate(steps.pmap_eval_step(config), sharding.replicate(state),
-                    source, config)
+                    source, config.eval_batch_size)
   result['step'] = int(state.step)
   result['checkpoint'] = path
   result['per_class_accuracy'] = eval_report.per_class_accuracy(

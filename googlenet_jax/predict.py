@@ -35,7 +35,7 @@ def predict(state, source, config: ml_collections.ConfigDict) -> dict[str, np.nd
   state = sharding.replicate(state)
   indices, predictions = [], []
   batch_starts = itertools.count(0, config.eval_batch_size)
-  for start, batch in zip(batch_starts, evaluate.device_batches(source, config)):
+  for start, batch in zip(batch_starts, evaluate.device_batches(source, config.eval_batch_size)):
     _, predicted = p_eval_step(state, batch)
     # Every process's rows, in the global batch's order: all processes see the
     # same predictions, so they stop at the same batch.

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from googlenet_jax import checkpoint
+from googlenet_jax import config_fields
 from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
@@ -46,7 +47,7 @@ def save_checkpoint(manager, state: train_state.TrainState,
         f'The training loss is not finite at step {host_state.step}: stopped '
         f'without saving. The last good checkpoint is step {manager.latest_step()} '
         f'in {manager.directory}; try a lower learning rate.')
-  checkpoint.save(manager, host_state, checkpoint.meta(config))
+  checkpoint.save(manager, host_state, config_fields.record(config))
 
 
 def checkpoint_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
@@ -70,7 +71,7 @@ def restore_or_create(config: ml_collections.ConfigDict, manager,
   _, state = checkpoint.restore(
       manager.directory, manager.all_steps(),
       train_state.abstract_train_state(config, model, steps_per_epoch),
-      checkpoint.meta(config), resume=True)
+      config_fields.record(config), resume=True)
   manager.reload()  # Damaged steps may have been moved aside.
   logging.info('Resuming from the checkpoint at step %d.', state.step)
   return state
@@ -121,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   sources = input_pipeline.load_sources(config)
   workdirs.create(workdir)
   with workdirs.lock(workdir, active=jax.process_index() == 0):
-    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, workdir),
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config.checkpoint_dir, workdir),
                                         config.max_checkpoints_to_keep)
     try:
       return run_training(config, workdir, manager, sources)
@@ -171,7 +172,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, manager,
       save_checkpoint(manager, state, config, train['loss'])
       if step < epoch_end:  # Stopped mid-epoch: the epoch is reported when it ends.
         break
-      test = evaluate.evaluate(p_eval_step, state, sources['test'], config)
+      test = evaluate.evaluate(p_eval_step, state, sources['test'],
+                               config.eval_batch_size)
       report_epoch(writer, config, workdir, step, epoch, steps_per_epoch, train, test,
                    images_per_sec)
     manager.wait_until_finished()

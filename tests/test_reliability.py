@@ -22,6 +22,7 @@ from conftest import REPO, run_main, start_main
 from compare_runs import update_difference
 from fake_data import NUM_TEST, NUM_TRAIN
 from googlenet_jax import checkpoint
+from googlenet_jax import config_fields
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
 from googlenet_jax import sharding
@@ -38,7 +39,7 @@ def final_state(config, workdir):
   target = train_state.abstract_train_state(config, train_state.create_model(config))
   directory, steps = checkpoint.find_steps(workdir)
   return jax.device_get(checkpoint.restore(directory, steps, target,
-                                           checkpoint.meta(config), resume=True)[1])
+                                           config_fields.record(config), resume=True)[1])
 
 
 def finished_steps(workdir) -> list[int]:

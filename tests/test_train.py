@@ -68,7 +68,7 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
   chex.assert_trees_all_close(metrics8['loss'][0], metrics1['loss'][0], rtol=1e-5)
 
   # The 1-device state, checkpointed as training does, evaluates on 8 devices.
-  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config, str(tmp_path)))
+  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config.checkpoint_dir, str(tmp_path)))
   train.save_checkpoint(manager, state1, config, float(metrics1['loss'][0]))
   manager.wait_until_finished()
   evaluated = evaluate.evaluate_checkpoint(config, str(tmp_path))

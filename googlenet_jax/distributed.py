@@ -3,7 +3,8 @@ and checking that they start from the same place.
 
 On a Cloud TPU pod slice the same command runs on every host (`--worker=all`);
 JAX reads the hosts, their number and this host's id from the TPU VM's metadata,
-so no flag is needed there. Elsewhere (CPU and GPU clusters) pass
+so no flag is needed there; `--coordinator_address` alone moves the coordinator
+to another port (JAX's is 8482). Elsewhere (CPU and GPU clusters) pass
 --coordinator_address, --num_processes and --process_id, or --distributed under
 SLURM or Open MPI.
 """
@@ -11,18 +12,12 @@ SLURM or Open MPI.
 import hashlib
 
 import jax
-from jax._src.clusters import cloud_tpu_cluster  # JAX has no public "on a pod?".
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from googlenet_jax import jax_internals
 from googlenet_jax.errors import UserError
-
-
-def on_cloud_tpu_vm_cluster() -> bool:
-  """Whether JAX can find the hosts itself: a Cloud TPU VM (GCE or GKE) of a slice."""
-  return any(cluster.is_env_present() for cluster in
-             (cloud_tpu_cluster.GceTpuCluster, cloud_tpu_cluster.GkeTpuCluster))
 
 
 def initialize(requested: bool = False, coordinator_address: str = '',
@@ -30,32 +25,44 @@ def initialize(requested: bool = False, coordinator_address: str = '',
   """Joins this process to the others of the run, if there are others.
 
   Calls `jax.distributed.initialize` when asked to (`requested`, or a
-  coordinator address) and, with no arguments, on a Cloud TPU VM. Call it
-  before anything else uses JAX.
+  coordinator address) and, with no arguments, on a Cloud TPU VM. JAX fills in
+  what is not given: on a TPU VM, the number of processes and this one's id
+  from the metadata server, so a coordinator address alone moves the port.
+  Then starts JAX's backends. Call it before anything else uses JAX.
 
   Raises:
     UserError: the processes cannot be joined (no cluster found, the coordinator
-      not reached in time), or JAX sees several processes that no distributed
-      client joins (they could neither agree on a stop nor check their steps): a
-      clear line instead of a run that hangs or dies without a checkpoint.
+      not reached in time), JAX cannot start its devices, or JAX sees several
+      processes that no distributed client joins (they could neither agree on a
+      stop nor check their steps): a clear line instead of a run that hangs or
+      dies without a checkpoint.
   """
-  if requested or coordinator_address or on_cloud_tpu_vm_cluster():
+  if requested or coordinator_address or jax_internals.tpu_slice_found():
     # Processes on CPUs exchange collectives through gloo; GPUs and TPUs ignore this.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     try:
       jax.distributed.initialize(coordinator_address or None, num_processes,
                                  process_id)
     except (ValueError, RuntimeError) as e:  # No cluster found; a timeout.
-      reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-      raise UserError(f'Cannot join the processes of the run ({reason}): give '
+      raise UserError(f'Cannot join the processes of the run ({first_line(e)}): give '
                       '--coordinator_address, --num_processes and --process_id, '
                       'the same address on every process.') from e
-  if jax.process_count() > 1 and not jax.distributed.is_initialized():
+  try:
+    process_count = jax.process_count()  # Starts JAX's backends.
+  except RuntimeError as e:  # On a TPU VM, libtpu refusing the chips.
+    raise UserError(f'JAX could not start its devices: {first_line(e)}') from e
+  if process_count > 1 and not jax.distributed.is_initialized():
     raise UserError(
-        f'This is process {jax.process_index()} of {jax.process_count()}, but no '
+        f'This is process {jax.process_index()} of {process_count}, but no '
         'jax.distributed client joins them, so they could not stop together or '
         'check that they resume the same step: run with --distributed, or with '
         '--coordinator_address, --num_processes and --process_id.')
+
+
+def first_line(e: Exception) -> str:
+  """The first line of `e`'s message (at most 300 characters), or its type's name."""
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def config_digest(config: ml_collections.ConfigDict) -> int:

@@ -113,18 +113,6 @@ def test_several_processes_without_a_distributed_client_are_refused(monkeypatch)
     distributed.initialize()
 
 
-def test_hosts_of_a_cloud_tpu_slice_join_without_a_flag(monkeypatch):
-  calls = []
-  monkeypatch.setattr(distributed, 'on_cloud_tpu_vm_cluster', lambda: True)
-  monkeypatch.setattr(jax.distributed, 'initialize', lambda *args: calls.append(args))
-  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: True)
-  distributed.initialize()
-  assert calls == [(None, None, None)]  # JAX finds the coordinator and the ids.
-  monkeypatch.setattr(distributed, 'on_cloud_tpu_vm_cluster', lambda: False)
-  distributed.initialize()  # One process: nothing to join.
-  assert len(calls) == 1
-
-
 def test_every_process_writes_its_compiled_programs_to_the_cache(monkeypatch):
   # Process 1 of a run (the id JAX's cache write checks); the cache is the session's.
   monkeypatch.setattr(jax_distributed.global_state, 'process_id', 1)

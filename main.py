@@ -37,6 +37,7 @@ from googlenet_jax import evaluate
 from googlenet_jax import predict
 from googlenet_jax import summary
 from googlenet_jax import topologies
+from googlenet_jax import tpu_vm
 from googlenet_jax import train
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError, describe_os_error
@@ -71,7 +72,9 @@ flags.DEFINE_bool('distributed', False,
                   '(SLURM, Open MPI). Cloud TPU VMs of a pod slice join without '
                   'it; elsewhere give the three flags below.')
 flags.DEFINE_string('coordinator_address', '',
-                    'host:port of process 0, for runs of several processes.')
+                    'host:port of process 0, for runs of several processes. On '
+                    'Cloud TPU VMs alone (JAX finds the rest), to use another '
+                    'port than JAX\'s 8482, e.g. WORKER_0_IP:8476.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in the run.')
 flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
 
@@ -155,6 +158,17 @@ def check_flags() -> None:
                     'go, e.g. --workdir=/tmp/eval.')
 
 
+def start_jax(mode: str) -> None:
+  """Readies JAX for `mode` before any backend starts: its devices, the run's processes."""
+  if mode == 'compile':  # Alone, on this host's CPU; uncached: it times compiles.
+    topologies.prepare_host(FLAGS.topology)
+    return
+  compilation_cache.enable(FLAGS.config.compilation_cache_dir)
+  if not tpu_vm.run_beside_the_chips_holder(mode):
+    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
+                           FLAGS.num_processes, FLAGS.process_id)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -164,12 +178,7 @@ def main(argv):
   try:
     config = FLAGS.config
     validation.check_config(config)
-    if FLAGS.mode == 'compile':  # Before JAX starts a backend; uncached: it times compiles.
-      topologies.prepare_host(FLAGS.topology)
-    else:
-      compilation_cache.enable(config.compilation_cache_dir)
-    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
-                           FLAGS.num_processes, FLAGS.process_id)
+    start_jax(FLAGS.mode)
     logging.info('JAX process %d of %d, local devices: %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())
     MODES[FLAGS.mode](config, FLAGS.workdir)

@@ -9,18 +9,19 @@ from googlenet_jax import summary
 from googlenet_jax import train_state
 
 
-def compile_for(config, tmp_path_factory, topology, **fields):
+def compile_for(config, tmp_path_factory, topology, tpu_vm_env=None, **fields):
   """main.py --mode=compile for `topology` at 16x16 with `fields` set; its compile.json.
 
   16x16 images (every max-pool and convolution still there) prove the same as
-  the chapter's 96x96 at a fraction of the compile time.
+  the chapter's 96x96 at a fraction of the compile time. With `tpu_vm_env`
+  (cloud_tpu_vm.TpuVmHost.environ) main.py runs as on a Cloud TPU VM.
   """
   config = config.copy_and_resolve_references()
   # 'auto', the configs' default, must pick the accelerator's form on this CPU.
   config.update(conv_lowering='auto', image_size=16, **fields)
   workdir = tmp_path_factory.mktemp(topology)
   result = run_main(workdir, config, '--mode=compile', f'--topology={topology}',
-                    num_devices=1)
+                    num_devices=1, tpu_vm_env=tpu_vm_env)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(workdir / 'compile.json') as f:
     return config, json.load(f), result.stdout

@@ -57,23 +57,27 @@ def config_flags(config) -> list[str]:
           if value is not None and not isinstance(value, (dict, list, tuple))]
 
 
-def start_main(workdir, config, *args, num_devices=8) -> subprocess.Popen:
+def start_main(workdir, config, *args, num_devices=8,
+               tpu_vm_env=None) -> subprocess.Popen:
   """Starts main.py with `config` in a fresh process that sees `num_devices` CPUs.
 
-  With `config` None, main.py gets no --config flag: only `args`.
+  With `config` None, main.py gets no --config flag: only `args`. With
+  `tpu_vm_env` (cloud_tpu_vm.TpuVmHost.environ), it runs as that host of a Cloud TPU
+  VM, through tests/cloud_tpu_vm.py.
   """
-  env = dict(os.environ,
+  env = dict(os.environ, **(tpu_vm_env or {}),
              XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
   config_args = [] if config is None else ['--config=configs/fmnist96.py',
                                            *config_flags(config)]
+  program = 'tests/cloud_tpu_vm.py' if tpu_vm_env else 'main.py'
   return subprocess.Popen(
-      [sys.executable, 'main.py', f'--workdir={workdir}', *config_args, *args],
+      [sys.executable, program, f'--workdir={workdir}', *config_args, *args],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_main(workdir, config, *args, num_devices=8) -> subprocess.CompletedProcess:
+def run_main(workdir, config, *args, **kwargs) -> subprocess.CompletedProcess:
   """Runs main.py to the end; see start_main."""
-  process = start_main(workdir, config, *args, num_devices=num_devices)
+  process = start_main(workdir, config, *args, **kwargs)
   stdout, stderr = process.communicate(timeout=300)
   return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 

@@ -8,7 +8,6 @@ and main.py's one-line error format once for each way it reports one.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,9 +17,11 @@ import jax
 import numpy as np
 import pytest
 
+import cloud_tpu_vm
 from conftest import REPO, run_main, start_main
 from compare_runs import update_difference
 from fake_data import NUM_TEST, NUM_TRAIN
+from gcs_server import free_port
 from googlenet_jax import checkpoint
 from googlenet_jax import config_fields
 from googlenet_jax import evaluate
@@ -32,6 +33,7 @@ from googlenet_jax import validation
 from googlenet_jax.errors import UserError
 
 NUM_EPOCHS = 4  # 12 steps of 16 examples: long enough to kill in the middle.
+AGENT_WORKER_NUMBER = '/computeMetadata/v1/instance/attributes/agent-worker-number'
 
 
 def final_state(config, workdir):
@@ -122,44 +124,54 @@ def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_pa
   chex.assert_trees_all_equal(resumed.params, sharding.unreplicate(uninterrupted.params))
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
+def start_tpu_slice(hosts, workdir, config, *args):
+  """main.py on each simulated host of a Cloud TPU slice, 4 CPU devices each.
+
+  No multi-process flag: JAX's GceTpuCluster finds the hosts, their number and
+  each one's id on its metadata server, and JAX_COORDINATOR_PORT (JAX's own
+  setting) moves its coordinator off port 8482 to a free one.
+  """
+  port = free_port()
+  return [start_main(workdir, config, *args, num_devices=4,
+                     tpu_vm_env=host.environ(port)) for host in hosts]
 
 
-def start_two_hosts(workdir, config, *args):
-  """Two main.py processes of 4 CPU devices each, joined through gloo on localhost."""
-  address = f'localhost:{free_port()}'
-  return [start_main(workdir, config, f'--coordinator_address={address}',
-                     '--num_processes=2', f'--process_id={i}', *args, num_devices=4)
-          for i in range(2)]
-
-
-def test_2_processes_of_4_devices_stop_resume_and_train_like_1_of_8(long_config,
-                                                                     tmp_path, gcs,
-                                                                     bucket):
+def test_2_tpu_vm_hosts_join_stop_resume_and_train_like_1_of_8(long_config, tmp_path,
+                                                               gcs, bucket):
   short = long_config.copy_and_resolve_references()
   short.num_train_steps = 6
   workdir = f'{bucket}/two_hosts'  # Shared by the hosts, as on a pod.
-  # Stopped on one host: Ctrl-C on host 1 only, passed to JAX's preemption sync
-  # as a SIGTERM (a preemption notice), stops both at one checkpointed step.
-  processes = start_two_hosts(workdir, short, '--config.checkpoint_every_steps=1')
-  while 1 not in gcs.committed_steps(workdir):
-    assert all(process.poll() is None for process in processes), 'a host ended early'
-    time.sleep(0.02)
-  processes[1].send_signal(signal.SIGINT)
-  stderrs = [process.communicate(timeout=300)[1] for process in processes]
-  for process, stderr in zip(processes, stderrs):
-    assert process.returncode == 0, stderr[-3000:]
-  stopped_at = gcs.committed_steps(workdir)[-1]
-  assert stopped_at < 6
-  for stderr in stderrs:
-    assert f'Stopped at step {stopped_at} ' in stderr
-  # Resumed on two hosts, it ends like one host with all 8 devices (this one).
-  for process in start_two_hosts(workdir, short):
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-3000:]
+  hosts = cloud_tpu_vm.slice_of_hosts(2, tmp_path)
+  try:
+    # Stopped on one host: SIGTERM on host 1 only (a preemption notice, or
+    # Autocheckpoint's signal), to JAX's preemption sync, stops both at one
+    # checkpointed step.
+    processes = start_tpu_slice(hosts, workdir, short, '--config.checkpoint_every_steps=1')
+    while 1 not in gcs.committed_steps(workdir):
+      for process in processes:  # A host that ended early says why.
+        assert process.poll() is None, process.communicate()[1][-3000:]
+      time.sleep(0.02)
+    processes[1].send_signal(signal.SIGTERM)
+    stderrs = [process.communicate(timeout=300)[1] for process in processes]
+    for process, stderr in zip(processes, stderrs):
+      assert process.returncode == 0, stderr[-3000:]
+    stopped_at = gcs.committed_steps(workdir)[-1]
+    assert stopped_at < 6, stderrs[1][-3000:]
+    for stderr in stderrs:
+      assert f'Stopped at step {stopped_at} ' in stderr
+    for host in hosts:  # They joined through the metadata, as on a TPU VM.
+      assert AGENT_WORKER_NUMBER in host.metadata.requests
+    # Resumed on two hosts with --coordinator_address alone, at another port than
+    # JAX's (as a firewall may need): JAX still takes each host's id from the
+    # metadata. It ends like one host with all 8 devices (this one).
+    address = f'127.0.0.1:{free_port()}'
+    for process in start_tpu_slice(hosts, workdir, short, f'--coordinator_address={address}'):
+      _, stderr = process.communicate(timeout=300)
+      assert process.returncode == 0, stderr[-3000:]
+      assert f'Connecting to JAX distributed service on {address}' in stderr
+  finally:
+    for host in hosts:
+      host.stop()
   one = sharding.unreplicate(
       train.train_and_evaluate(short, str(tmp_path / 'one_host')))
   two = final_state(short, workdir)

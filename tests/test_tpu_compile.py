@@ -14,8 +14,10 @@ import sys
 import numpy as np
 import pytest
 
+import cloud_tpu_vm
 from compile_runs import compile_for, flops_per_image, num_conv_layers, num_params
 from conftest import REPO, run_main
+from gcs_server import free_port
 from googlenet_jax import accelerators
 from googlenet_jax import compile_mode
 from googlenet_jax import input_pipeline
@@ -36,8 +38,18 @@ NUM_MAX_POOLS = 13
 
 @pytest.fixture(scope='module')
 def single_host(config, tmp_path_factory):
-  """v5litepod-8 (8 chips, one host) in bfloat16."""
-  return compile_for(config, tmp_path_factory, 'v5litepod-8', dtype='bfloat16')
+  """v5litepod-8 (8 chips, one host) in bfloat16, compiled on a TPU VM (simulated).
+
+  Returns compile_for's config, report and stdout, and the paths the VM's
+  metadata server was asked.
+  """
+  vm, = cloud_tpu_vm.slice_of_hosts(1, tmp_path_factory.mktemp('vm'))
+  try:
+    compiled = compile_for(config, tmp_path_factory, 'v5litepod-8',
+                           tpu_vm_env=vm.environ(free_port()), dtype='bfloat16')
+  finally:
+    vm.stop()
+  return (*compiled, vm.metadata.requests)
 
 
 @pytest.fixture(scope='module')
@@ -81,15 +93,17 @@ def check_report(config, report, topology, chips, hosts, device):
 @pytest.mark.xdist_group('tpu_single_host')
 @needs_libtpu
 def test_compile_for_a_single_host_slice_writes_every_field(single_host):
-  config, report, stdout = single_host
+  config, report, stdout, metadata_requests = single_host
   check_report(config, report, 'v5litepod-8', chips=8, hosts=1, device='TPU v5 lite')
   assert 'images/s (estimate)' in stdout and 'not measured' in stdout
+  # On a TPU VM, as on a laptop: the compile joins no host, so asks nothing.
+  assert metadata_requests == []
 
 
 @pytest.mark.xdist_group('tpu_single_host')
 @needs_libtpu
 def test_bfloat16_convolutions_are_bf16_and_xlas_own_on_a_tpu(single_host):
-  config, report, _ = single_host
+  config, report, _, _ = single_host
   train, evaluation = report['train'], report['eval']
   # Forward, input and kernel gradients of every conv, but the first's input gradient.
   num_convs = num_conv_layers(config)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import chex
 import jax
@@ -17,7 +16,6 @@ from googlenet_jax import train
 from googlenet_jax import train_state
 from googlenet_jax.errors import UserError
 from compare_runs import update_difference
-from conftest import run_main
 from fake_data import NUM_TEST, NUM_TRAIN
 
 
@@ -110,21 +108,6 @@ def test_num_train_steps_stops_mid_epoch_and_logs(config, tmp_path):
   assert int(state.step[0]) == 2
   with open(tmp_path / 'metrics.jsonl') as f:
     assert [json.loads(line)['step'] for line in f] == [2]
-
-
-@pytest.mark.xdist_group('trained')  # One worker runs the shared run.
-def test_eval_on_1_device_restores_an_8_device_checkpoint(config, trained, tmp_path):
-  workdir = tmp_path / 'w'
-  shutil.copytree(trained[0], workdir)
-  on_8 = evaluate.evaluate_checkpoint(config, str(workdir))
-  result = run_main(workdir, config, '--mode=eval', num_devices=1)
-  assert result.returncode == 0, result.stderr[-3000:]
-  with open(os.path.join(workdir, 'eval.json')) as f:
-    on_1 = json.load(f)
-  assert on_1['num_examples'] == on_8['num_examples'] == NUM_TEST
-  assert on_1['step'] == on_8['step'] == 2 * (NUM_TRAIN // config.batch_size)
-  assert on_1['accuracy'] == on_8['accuracy']
-  np.testing.assert_allclose(on_1['loss'], on_8['loss'], rtol=1e-5)
 
 
 def test_eval_without_a_checkpoint_is_a_user_error(config, tmp_path):

@@ -218,12 +218,13 @@ def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
                             stream=io.StringIO(), enabled=True)
     batches_on_devices = input_pipeline.prefetch_to_device(
         itertools.islice(batches, count))
+    clock = train.CheckpointClock(config.checkpoint_every_minutes)
     with preemption.StopSignal() as stop:
       for step, state, total in train.train_steps(p_null_step, state,
                                                   batches_on_devices, 0, bar):
         stop.requested(step)
         train.checkpoint_due(config, step, steps_per_epoch=num_steps,
-                             num_steps=num_steps)
+                             num_steps=num_steps, time_up=clock.time_up(step))
     jax.block_until_ready((state, total))
     return state
 

@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment_erase_probability = 0.0  # Random erasing (Zhong et al.); 0 = none.
 
   config.checkpoint_every_steps = 0  # Also checkpoint every N steps; 0 = epoch ends only.
+  config.checkpoint_every_minutes = 10.0  # And when this long has passed since the last; 0 = no.
   config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted.
   config.checkpoint_dir = ''  # Eval mode restores from here; '' = WORKDIR/checkpoints.
 

@@ -72,6 +72,7 @@ ROLES = {
     'verify_checksums': Role.RUN,
     'eval_batch_size': Role.RUN,
     'checkpoint_every_steps': Role.RUN,
+    'checkpoint_every_minutes': Role.RUN,
     'max_checkpoints_to_keep': Role.RUN,
     'checkpoint_dir': Role.RUN,
     'num_predictions': Role.RUN,

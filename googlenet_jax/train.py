@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -50,15 +51,47 @@ def save_checkpoint(manager, state: train_state.TrainState,
   checkpoint.save(manager, host_state, config_fields.record(config))
 
 
+class CheckpointClock:
+  """Whether `checkpoint_every_minutes` have passed since the last checkpoint.
+
+  It bounds what a stop without warning loses: a TPU VM's maintenance starts
+  at once unless Autocheckpoint sends SIGTERM first, and a lost Spot VM takes
+  its disk. The hosts of a run must save at one step (Orbax's save is a
+  collective), so on several hosts they agree whether any host's time is up,
+  every AGREE_EVERY_STEPS steps: a collective at every step would make the
+  host wait for each step to end.
+  """
+  AGREE_EVERY_STEPS = 10
+
+  def __init__(self, minutes: float):
+    self.seconds = 60 * minutes
+    self.restart()
+
+  def restart(self) -> None:
+    """Counts from now: a checkpoint has just been saved."""
+    self.start = time.monotonic()
+
+  def time_up(self, step: int) -> bool:
+    """Whether to checkpoint after `step`; every process must ask after every step."""
+    if not self.seconds:
+      return False
+    mine = time.monotonic() - self.start >= self.seconds
+    if jax.process_count() == 1:
+      return mine
+    if step % self.AGREE_EVERY_STEPS:
+      return False
+    return bool(multihost_utils.process_allgather(np.array(mine)).any())
+
+
 def checkpoint_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
-                   num_steps: int) -> bool:
-  """Whether `config.checkpoint_every_steps` asks for a checkpoint after `step`.
+                   num_steps: int, time_up: bool) -> bool:
+  """Whether `config.checkpoint_every_steps`, or the clock's `time_up`, asks for one now.
 
   Epoch ends and the run's end are saved anyway, so they never count here.
   """
   every = config.checkpoint_every_steps
-  return bool(every and step % every == 0 and step % steps_per_epoch
-              and step < num_steps)
+  asked = time_up or bool(every and step % every == 0)
+  return asked and bool(step % steps_per_epoch) and step < num_steps
 
 
 def restore_or_create(config: ml_collections.ConfigDict, manager,
@@ -143,6 +176,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, manager,
   state = sharding.replicate(state)
   p_train_step = steps.pmap_train_step(config)
   p_eval_step = steps.pmap_eval_step(config)
+  clock = CheckpointClock(config.checkpoint_every_minutes)
 
   with (MetricWriter(workdir, active=jax.process_index() == 0) as writer,
         preemption.StopSignal() as stop):
@@ -164,12 +198,14 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, manager,
         if stop.requested(step):
           stopped = True
           break
-        if checkpoint_due(config, step, steps_per_epoch, num_steps):
+        if checkpoint_due(config, step, steps_per_epoch, num_steps, clock.time_up(step)):
           save_checkpoint(manager, state, config, evaluate.fetch_metrics(total)['loss'])
+          clock.restart()
       bar.close()
       train = evaluate.fetch_metrics(total)
       images_per_sec = train['count'] / (time.perf_counter() - start_time)
       save_checkpoint(manager, state, config, train['loss'])
+      clock.restart()
       if step < epoch_end:  # Stopped mid-epoch: the epoch is reported when it ends.
         break
       test = evaluate.evaluate(p_eval_step, state, sources['test'],

@@ -28,6 +28,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint_every_steps < 0:
     raise UserError('config.checkpoint_every_steps must be 0 (epoch ends only) or '
                     f'positive, got {config.checkpoint_every_steps}.')
+  if config.checkpoint_every_minutes < 0:
+    raise UserError('config.checkpoint_every_minutes must be 0 (no timed checkpoints) '
+                    f'or positive, got {config.checkpoint_every_minutes}.')
   min_size = models.MIN_IMAGE_SIZE[config.model]
   if config.image_size < min_size:
     raise UserError(f'config.image_size {config.image_size} is too small for '

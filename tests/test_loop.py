@@ -100,6 +100,16 @@ def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes(
   assert logged_epochs(workdir) == [(1, 2)]
 
 
+def test_a_timed_checkpoint_is_saved_when_its_minutes_have_passed(config, tmp_path):
+  # What a stop without a signal (maintenance without Autocheckpoint, a lost
+  # Spot VM) loses is bounded by the time since the last checkpoint.
+  two_steps = config.copy_and_resolve_references()
+  two_steps.num_train_steps = 2  # The first epoch has 3 steps: step 1 is mid-epoch.
+  two_steps.checkpoint_every_minutes = 1e-9  # Passed after every step.
+  train.train_and_evaluate(two_steps, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']
+
+
 def test_an_os_error_after_a_save_names_the_file_and_the_checkpoint(config, tmp_path):
   one_step = config.copy_and_resolve_references()
   one_step.num_train_steps = 1

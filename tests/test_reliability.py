@@ -252,6 +252,7 @@ def test_wrong_type_is_reported_by_the_flag_parser(config, tmp_path):
     ({'model': 'inception_v3', 'image_size': 32}, 'smallest working image size is 43'),
     ({'dtype': 'float16'}, "Unknown config.dtype 'float16'"),
     ({'schedule': 'step'}, "Unknown config.schedule 'step'"),
+    ({'checkpoint_every_minutes': -1.0}, 'checkpoint_every_minutes must be 0'),
 ])
 def test_bad_config_is_refused_in_one_line(config, overrides, expected):
   bad = config.copy_and_resolve_references()

@@ -88,6 +88,45 @@ def _gib(num_bytes: float) -> str:
   return f'{num_bytes / GiB:.2f}'.rstrip('0').rstrip('.') + ' GiB'
 
 
+@dataclasses.dataclass(frozen=True)
+class CloudTpu:
+  """How Cloud TPU rents one generation: its documentation's facts, read 2026-12-03."""
+  chip: Chip
+  version: str  # gcloud's --version for JAX (cloud.google.com/tpu/docs/runtimes).
+  zones: tuple[str, ...]  # In North America and Europe (cloud.google.com/tpu/docs/regions-zones).
+  hbm: str  # Per chip, as the generation's page gives it.
+  page: str  # The generation's page.
+
+  def slices(self) -> list[Accelerator]:
+    """This generation's slices in ACCELERATORS: those --mode=compile compiles for."""
+    return [a for a in ACCELERATORS.values() if a.chip == self.chip]
+
+
+CLOUD_TPUS = (
+    CloudTpu(TPU_V4, 'tpu-ubuntu2204-base', ('us-central2-b',), '32 GiB',
+             'https://cloud.google.com/tpu/docs/v4'),
+    CloudTpu(TPU_V5E, 'v2-alpha-tpuv5-lite',
+             ('us-central1-a', 'us-south1-a', 'us-west1-c', 'us-west4-a'), '16 GB',
+             'https://cloud.google.com/tpu/docs/v5e'),
+    CloudTpu(TPU_V5P, 'v2-alpha-tpuv5', ('us-central1-a', 'us-east5-a'), '95 GB',
+             'https://cloud.google.com/tpu/docs/v5p'),
+    CloudTpu(TPU_V6E, 'v2-alpha-tpuv6e',
+             ('us-central1-b', 'us-east1-d', 'us-east5-a', 'us-east5-b', 'europe-west4-a'),
+             '32 GB', 'https://cloud.google.com/tpu/docs/v6e'),
+)
+
+
+def cloud_tpu_table() -> str:
+  """A row per TPU generation: what creating its VMs needs, and its slices here."""
+  rows = ['| generation | `--version` | zones | HBM per chip | slices here: VMs x chips |',
+          '|---|---|---|---|---|']
+  for tpu in CLOUD_TPUS:
+    slices = ', '.join(f'{a.name}: {a.hosts} x {a.chips_per_host}' for a in tpu.slices())
+    rows.append(f'| [{tpu.chip.name}]({tpu.page}) | `{tpu.version}` | '
+                f'{", ".join(tpu.zones)} | {tpu.hbm} | {slices} |')
+  return '\n'.join(rows)
+
+
 def markdown_table(platform: str) -> str:
   """The accelerators of `platform` as the docs' Markdown table."""
   rows = ['| `--topology` | chip | JAX topology | chips | hosts | memory per chip (XLA) '

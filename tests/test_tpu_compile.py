@@ -211,6 +211,14 @@ def test_docs_tpu_table_is_the_accelerator_table():
     assert accelerators.markdown_table('tpu') in f.read()
 
 
+def test_readme_tpu_vm_table_is_the_cloud_tpu_table():
+  with open(os.path.join(REPO, 'README.md')) as f:
+    assert accelerators.cloud_tpu_table() in f.read()
+  # Every generation compiled for has its row, and every row a slice.
+  assert ({tpu.chip for tpu in accelerators.CLOUD_TPUS} ==
+          {a.chip for a in accelerators.of_platform('tpu')})
+
+
 def test_largest_batch_halves_a_guess_that_does_not_fit_and_stops_at_one():
   # Compiles that run out of HBM beyond 100 images per chip without saying how far.
   def measure(per_chip: int) -> dict:

@@ -12,7 +12,6 @@ import time
 import chex
 from etils import epath
 import jax
-from jax._src import distributed as jax_distributed
 import jax.numpy as jnp
 from matplotlib import image as mpimg
 import numpy as np
@@ -22,6 +21,7 @@ from conftest import REPO, start_main
 from gcs_server import free_port
 from googlenet_jax import distributed
 from googlenet_jax import evaluate
+from googlenet_jax import jax_internals
 from googlenet_jax import predict
 from googlenet_jax import sharding
 from googlenet_jax import train
@@ -115,7 +115,7 @@ def test_several_processes_without_a_distributed_client_are_refused(monkeypatch)
 
 def test_every_process_writes_its_compiled_programs_to_the_cache(monkeypatch):
   # Process 1 of a run (the id JAX's cache write checks); the cache is the session's.
-  monkeypatch.setattr(jax_distributed.global_state, 'process_id', 1)
+  monkeypatch.setattr(jax_internals.distributed.global_state, 'process_id', 1)
   cache = epath.Path(jax.config.jax_compilation_cache_dir)
   before = set(cache.iterdir())
   offset = time.time()  # A program that no earlier session has compiled.

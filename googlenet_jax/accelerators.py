@@ -93,7 +93,8 @@ class CloudTpu:
   """How Cloud TPU rents one generation: its documentation's facts, read 2026-12-03."""
   chip: Chip
   version: str  # gcloud's --version for JAX (cloud.google.com/tpu/docs/runtimes).
-  zones: tuple[str, ...]  # North America's, Europe's for v6e (cloud.google.com/tpu/docs/regions-zones).
+  # North America's, and Europe's for v6e (cloud.google.com/tpu/docs/regions-zones).
+  zones: tuple[str, ...]
   hbm: str  # Per chip, as the generation's page gives it.
   page: str  # The generation's page.
 

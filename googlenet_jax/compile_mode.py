@@ -1,17 +1,20 @@
-"""--mode=compile: the real train and eval steps compiled for a Cloud TPU slice, here.
+"""--mode=compile: the real train and eval steps compiled for a TPU slice or GPU hosts, here.
 
   python main.py --config=configs/fmnist96.py --workdir=/tmp/tpu --mode=compile \
       --topology=v5litepod-8 [--largest_batch]
 
-libtpu (requirements.txt) compiles for a TPU topology on a machine without a
-TPU, as MaxText's train_compile.py does. This compiles
+No TPU or GPU is needed, as MaxText's train_compile.py compiles for TPUs: libtpu
+(requirements.txt) compiles for TPU slices, JAX's CUDA plugin
+(requirements-gpu-compile.txt) for NVIDIA GPUs. This compiles
 `steps.pmap_train_step` and `steps.pmap_eval_step`, the functions training
 runs, with the config's model, dtype and batches: the global batch split over
 the chips, each host's share shaped as its input pipeline makes it. It prints a
 table and writes WORKDIR/compile.json: what each step needs of a chip's memory,
 its FLOPs, the dtypes of its convolutions, its collectives and its compile time.
-Step times and images/s come from XLA's cost model: estimates, never
-measurements. `--largest_batch` also finds the largest per-chip batch whose train step fits.
+On TPUs, step times and images/s come from XLA's cost model: estimates, never
+measurements. On GPUs there is no time estimate, no autotuning and nothing
+runs; whether a step fits is a rule (accelerators.Chip.usable_fraction).
+`--largest_batch` also finds the largest per-chip batch whose train step fits.
 """
 
 import dataclasses
@@ -40,7 +43,24 @@ from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
 
 ESTIMATE = "estimate from XLA's cost model, not a measurement"
+NO_ESTIMATE = "none: XLA's GPU compiler has no cost model to ask"
+NOT_DONE_ON_GPU = (
+    'no time estimate: XLA gives none for GPUs',
+    'no autotuning: without a GPU, XLA takes default cuDNN algorithms and gives '
+    'them no workspace',
+    'nothing run: the figures are the compiler\'s',
+)
+GPU_FLOPS = ("XLA's CPU cost analysis of the unoptimised step (XLA's GPU compiler "
+             'gives none)')
 STEP_FUNCTIONS = {'train': steps.pmap_train_step, 'eval': steps.pmap_eval_step}
+
+
+def fit_rule(chip: accelerators.Chip) -> str:
+  """How a GPU step is judged to fit: a rule, since a GPU compile never fails for memory."""
+  return (f"its arguments, outputs and temporaries take at most "
+          f"{chip.usable_fraction:.0%} of the GPU's memory, what JAX preallocates "
+          "by default (XLA_PYTHON_CLIENT_MEM_FRACTION); cuDNN's workspaces are "
+          'not counted (nothing autotuned)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,22 +155,30 @@ def compile_step(config: ml_collections.ConfigDict, target: Target, kind: str,
     needed = _bytes_needed(str(e))
     raise OutOfMemory(does_not_fit(target.accelerator, kind, batch_size, needed), needed) from e
   seconds = time.perf_counter() - start
-  return CompiledStep(kind, batch_size, batch, lowered, compiled, seconds,
-                      memory_per_chip(compiled, target.accelerator.chip))
+  memory = memory_per_chip(compiled, target.accelerator.chip)
+  if not memory['fits']:
+    raise OutOfMemory(does_not_fit(target.accelerator, kind, batch_size,
+                                   memory['needed_bytes']), memory['needed_bytes'])
+  return CompiledStep(kind, batch_size, batch, lowered, compiled, seconds, memory)
 
 
 def does_not_fit(accelerator: Accelerator, kind: str, batch_size: int,
                  needed: int | None) -> str:
   """The one line for a step that does not fit in a chip's memory."""
-  return (f'The {kind} step at batch {batch_size} ({batch_size // accelerator.chips} '
-          f'per chip) does not fit on {accelerator.name}: a chip would need '
-          + (f'{_gib(needed)} of HBM for temporaries alone' if needed else 'more HBM')
-          + f' and has {_gib(accelerator.chip.hbm_bytes)}; use a smaller '
-          '--config.batch_size.')
+  chip = accelerator.chip
+  start = (f'The {kind} step at batch {batch_size} ({batch_size // accelerator.chips} '
+           f'per chip) does not fit on {accelerator.name}: a chip would need ')
+  end = '; use a smaller --config.batch_size.'
+  if accelerator.platform == 'gpu':
+    return (start + f'{_gib(needed)} and a step may use {_gib(chip.usable_bytes)} '
+            f'({chip.usable_fraction:.0%} of its {_gib(chip.hbm_bytes)}, what JAX '
+            'preallocates)' + end)
+  return (start + (f'{_gib(needed)} of HBM for temporaries alone' if needed else 'more HBM')
+          + f' and has {_gib(chip.hbm_bytes)}' + end)
 
 
 def _bytes_needed(message: str) -> int | None:
-  """The bytes an out-of-memory compile needed, from XLA's message, if it says."""
+  """The bytes an out-of-memory TPU compile needed, from XLA's message, if it says."""
   match = re.search(r'required for HLO temporaries \(([\d.]+)([KMGT]?)\)', message)
   if not match:
     return None
@@ -169,13 +197,16 @@ def memory_per_chip(compiled_step, chip: accelerators.Chip) -> dict:
   needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes + memory.temp_size_in_bytes
             + memory.generated_code_size_in_bytes)
-  return {'argument_bytes': memory.argument_size_in_bytes,
-          'output_bytes': memory.output_size_in_bytes,
-          'alias_bytes': memory.alias_size_in_bytes,
-          'temp_bytes': memory.temp_size_in_bytes,
-          'code_bytes': memory.generated_code_size_in_bytes,
-          'needed_bytes': needed, 'hbm_bytes': chip.hbm_bytes,
-          'fits': needed <= chip.hbm_bytes}
+  result = {'argument_bytes': memory.argument_size_in_bytes,
+            'output_bytes': memory.output_size_in_bytes,
+            'alias_bytes': memory.alias_size_in_bytes,
+            'temp_bytes': memory.temp_size_in_bytes,
+            'code_bytes': memory.generated_code_size_in_bytes,
+            'needed_bytes': needed, 'hbm_bytes': chip.hbm_bytes,
+            'fits': needed <= chip.usable_bytes}
+  if chip.platform == 'gpu':
+    result.update(usable_bytes=chip.usable_bytes, fit_rule=fit_rule(chip))
+  return result
 
 
 def compile_steps(config: ml_collections.ConfigDict, target: Target) -> dict:
@@ -191,8 +222,8 @@ def compile_steps(config: ml_collections.ConfigDict, target: Target) -> dict:
   return {'info': describe(config, target),
           'input_shapes': {'train': shapes(train.host_batch),
                            'eval': shapes(evaluation.host_batch)},
-          'train': analyse(target, train),
-          'eval': analyse(target, evaluation)}
+          'train': analyse(config, target, train),
+          'eval': analyse(config, target, evaluation)}
 
 
 def describe(config: ml_collections.ConfigDict, target: Target) -> dict:
@@ -201,7 +232,7 @@ def describe(config: ml_collections.ConfigDict, target: Target) -> dict:
   info = {
       'date_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()),
       'topology': accelerator.name, 'topology_name': accelerator.topology,
-      'chip_config': accelerator.chip.chip_config, 'device': devices[0].device_kind,
+      'device': devices[0].device_kind,
       'num_devices': len(devices), 'chips': len(devices), 'hosts': accelerator.hosts,
       'hbm_bytes_per_chip': accelerator.chip.hbm_bytes,
       'peak_flops_per_chip': accelerator.chip.peak_flops,
@@ -211,34 +242,82 @@ def describe(config: ml_collections.ConfigDict, target: Target) -> dict:
       'batch_size': config.batch_size,
       'per_chip_batch_size': config.batch_size // len(devices),
       'eval_batch_size': config.eval_batch_size, 'image_size': config.image_size,
-      'libtpu': metadata.version('libtpu'),
   }
+  if accelerator.platform == 'tpu':
+    info.update(chip_config=accelerator.chip.chip_config,
+                libtpu=metadata.version('libtpu'))
+  else:
+    info.update(jax_cuda12_plugin=metadata.version('jax-cuda12-plugin'),
+                gpu_spec=accelerator.chip.spec_file,
+                not_done=list(NOT_DONE_ON_GPU))
   return info
 
 
-def analyse(target: Target, step: CompiledStep) -> dict:
+def analyse(config: ml_collections.ConfigDict, target: Target, step: CompiledStep) -> dict:
   """A compiled step's memory, FLOPs, time estimate, convolutions and collectives."""
+  text = step.compiled.as_text()
+  report = {
+      'compile_s': step.seconds,
+      'memory_per_chip': step.memory,
+      'convolution_operand_dtypes': hlo_stats.lowered_convolution_dtypes(
+          step.lowered.as_text()),
+      'max_pool_ops': hlo_stats.max_pool_ops(text),
+      'collectives': hlo_stats.collectives(text),
+      'collective_group_sizes': hlo_stats.collective_group_sizes(text),
+  }
+  if target.accelerator.platform == 'tpu':
+    report.update(tpu_analysis(step, target))
+  else:
+    report.update(gpu_analysis(config, target, step))
+  return report
+
+
+def tpu_analysis(step: CompiledStep, target: Target) -> dict:
+  """XLA's TPU cost analysis of a compiled step, and its convolutions' operand dtypes."""
   cost = step.compiled.cost_analysis()
   flops_per_chip = float(cost['flops'])
   seconds = step_seconds_estimate(cost.get('optimal_seconds'), flops_per_chip,
                                   target.accelerator.chip)
-  text = step.compiled.as_text()
   return {
-      'compile_s': step.seconds,
-      'memory_per_chip': step.memory,
       'flops': flops_per_chip * len(target.devices), 'flops_per_chip': flops_per_chip,
       'cost_model': {
           'note': ESTIMATE,
           'optimal_seconds': cost.get('optimal_seconds'),
           'step_seconds_estimate': seconds,
           'images_per_sec_estimate': step.batch_size / seconds if seconds else None},
-      'convolution_operand_dtypes': hlo_stats.lowered_convolution_dtypes(
-          step.lowered.as_text()),
-      'compiled_convolution_operand_dtypes': hlo_stats.convolution_dtypes(text),
-      'max_pool_ops': hlo_stats.max_pool_ops(text),
-      'collectives': hlo_stats.collectives(text),
-      'collective_group_sizes': hlo_stats.collective_group_sizes(text),
+      'compiled_convolution_operand_dtypes': hlo_stats.convolution_dtypes(
+          step.compiled.as_text()),
   }
+
+
+def gpu_analysis(config: ml_collections.ConfigDict, target: Target,
+                 step: CompiledStep) -> dict:
+  """A compiled GPU step's FLOPs and cuDNN calls; no cost model exists to ask."""
+  flops_per_chip = unoptimised_flops_per_chip(config, target, step)
+  text = step.compiled.as_text()
+  return {
+      'flops': flops_per_chip * len(target.devices), 'flops_per_chip': flops_per_chip,
+      'flops_source': GPU_FLOPS,
+      'cost_model': {'note': NO_ESTIMATE, 'step_seconds_estimate': None,
+                     'images_per_sec_estimate': None},
+      'cudnn_calls': hlo_stats.cudnn_calls(text),
+      'cudnn_workspace_bytes': hlo_stats.cudnn_workspace_bytes(text),
+  }
+
+
+def unoptimised_flops_per_chip(config: ml_collections.ConfigDict, target: Target,
+                               step: CompiledStep) -> float:
+  """One chip's FLOPs of the step, by XLA's CPU cost analysis before optimisation.
+
+  The same step pmapped over one CPU device, with one chip's share of the
+  state and batch, is the per-chip program that JAX hands XLA for the GPUs.
+  """
+  one_chip = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype), tree)
+  batch = all_hosts_batch(step.host_batch, target.accelerator.hosts)
+  lowered = STEP_FUNCTIONS[step.kind](config, jax.devices('cpu')[:1]).lower(
+      one_chip(target.state), one_chip(batch))
+  return float(lowered.cost_analysis()['flops'])
 
 
 def step_seconds_estimate(optimal_seconds: float | None, flops_per_chip: float,
@@ -284,16 +363,16 @@ def train_step_memory(config: ml_collections.ConfigDict, target: Target,
     return {'per_chip_batch_size': per_chip_batch, 'needed_bytes': e.needed_bytes,
             'fits': False, 'compile_s': time.perf_counter() - start}
   return {'per_chip_batch_size': per_chip_batch,
-          'needed_bytes': step.memory['needed_bytes'], 'fits': step.memory['fits'],
+          'needed_bytes': step.memory['needed_bytes'], 'fits': True,
           'compile_s': step.seconds}
 
 
 def estimate(cost: dict) -> str:
   """The cost model's images/s as the table gives it."""
-  if cost['images_per_sec_estimate'] is None:
-    return 'no estimate'
-  return (f"{cost['images_per_sec_estimate']:,.0f} (XLA cost model, "
-          f"{1000 * cost['step_seconds_estimate']:.2f} ms/step, not measured)")
+  if cost['images_per_sec_estimate'] is not None:
+    return (f"{cost['images_per_sec_estimate']:,.0f} (XLA cost model, "
+            f"{1000 * cost['step_seconds_estimate']:.2f} ms/step, not measured)")
+  return 'no estimate' if cost['note'] == ESTIMATE else cost['note']
 
 
 def format_table(report: dict) -> str:
@@ -316,16 +395,22 @@ def format_table(report: dict) -> str:
     rows.append(('largest batch that fits',
                  f"{largest['batch_size']} ({largest['per_chip_batch_size']} per chip, "
                  f"{_gib(largest['needed_bytes'])} of HBM)"))
+  if 'fit_rule' in report['train']['memory_per_chip']:
+    rows.append(('a step fits if', report['train']['memory_per_chip']['fit_rule']))
+  if 'not_done' in info:
+    rows.append(('not done', '; '.join(info['not_done'])))
   return '\n'.join(f'{name:<28}{value}' for name, value in rows)
 
 
 def step_rows(name: str, step: dict) -> list[tuple[str, str]]:
   """The table's rows for one compiled step."""
   memory, cost = step['memory_per_chip'], step['cost_model']
-  return [
+  of = (f"{_gib(memory['usable_bytes'])} usable "
+        f"({memory['usable_bytes'] / memory['hbm_bytes']:.0%} of {_gib(memory['hbm_bytes'])})"
+        if 'usable_bytes' in memory else _gib(memory['hbm_bytes']))
+  rows = [
       (f'{name}: compile (s)', f"{step['compile_s']:.1f}"),
-      (f'{name}: HBM per chip', f"{_gib(memory['needed_bytes'])} of "
-                                f"{_gib(memory['hbm_bytes'])} (arguments "
+      (f'{name}: HBM per chip', f"{_gib(memory['needed_bytes'])} of {of} (arguments "
                                 f"{_gib(memory['argument_bytes'])}, temporaries "
                                 f"{_gib(memory['temp_bytes'])})"),
       (f'{name}: GFLOP per step', f"{step['flops'] / 1e9:.1f} "
@@ -334,6 +419,11 @@ def step_rows(name: str, step: dict) -> list[tuple[str, str]]:
       (f'{name}: convolutions', ', '.join(
           f'{n} {dtype}' for dtype, n in step['convolution_operand_dtypes'].items())
        or 'none'),
-      (f'{name}: collectives', ', '.join(
-          f'{n} {op}' for op, n in step['collectives'].items()) or 'none'),
   ]
+  if 'cudnn_calls' in step:
+    rows.append((f'{name}: cuDNN calls', ', '.join(
+        f'{n} {kind} {dtype}' for kind, by_dtype in step['cudnn_calls'].items()
+        for dtype, n in by_dtype.items()) or 'none'))
+  rows.append((f'{name}: collectives', ', '.join(
+      f'{n} {op}' for op, n in step['collectives'].items()) or 'none'))
+  return rows

@@ -125,7 +125,8 @@ def test_an_unknown_topology_is_one_line(config, tmp_path):
   assert result.returncode == 1
   assert result.stderr.splitlines()[-1] == (
       "Error: Unknown --topology 'v5e-8': choose one of v4-8, v4-16, v5litepod-8, "
-      'v5litepod-16, v5p-8, v6e-8 (Cloud TPU accelerator types).')
+      'v5litepod-16, v5p-8, v6e-8 (Cloud TPU accelerator types) or h100-8, h200-8, '
+      'h100-16 (NVIDIA GPUs: model-count).')
   assert 'Traceback' not in result.stderr
 
 

@@ -164,6 +164,11 @@ def test_a_gpus_memory_is_its_specs():
       assert f'device_memory_size: {accelerator.chip.hbm_bytes}\n' in f.read()
 
 
+def test_docs_gpu_table_is_the_accelerator_table():
+  with open(os.path.join(REPO, 'docs/gpu.md')) as f:
+    assert accelerators.markdown_table('gpu') in f.read()
+
+
 def test_largest_batch_on_a_gpu_is_the_largest_power_of_two_under_the_rule():
   # What GPU compiles say: memory linear in the batch, no compile fails.
   usable = 60 * 2**30

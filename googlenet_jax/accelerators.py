@@ -2,8 +2,8 @@
 
 Each is named as people rent it: gcloud's accelerator types for TPUs, model and
 GPU count for GPUs (h100-8 is one host of 8 H100s). `markdown_table` draws the
-tables of docs/tpu.md and docs/gpu.md from this one (tests/test_gpu_compile.py
-checks that they agree).
+tables of docs/tpu.md and docs/gpu.md from this one (the tests check that they
+agree).
 """
 
 import dataclasses

@@ -4,10 +4,16 @@ libtpu (requirements.txt) describes TPU slices. JAX's CUDA plugin
 (requirements-gpu-compile.txt) describes hosts of GPUs from XLA's spec of the
 GPU (googlenet_jax/gpu_specs/), with no GPU and no NVIDIA driver. Both need
 JAX to compute on the CPU only, set before it starts a backend: `prepare_host`.
+
+The CUDA plugin lives in a directory of its own, GPU_COMPILER_DIR, not in the
+virtual environment: installed there, JAX would load it at every start of
+every mode, and on a machine without a GPU print CUDA's failure to load (a
+traceback) each time. Only the compile mode puts the directory on sys.path.
 """
 
 import importlib
 import os
+import sys
 from typing import NamedTuple
 
 import jax
@@ -23,6 +29,12 @@ class Compiler(NamedTuple):
   missing: str  # What to install if one is not.
 
 
+# pip install --no-deps --target GPU_COMPILER_DIR -r requirements-gpu-compile.txt
+GPU_COMPILER_DIR = os.environ.get(
+    'GOOGLENET_JAX_GPU_COMPILER',
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 '.gpu-compiler'))
+
 COMPILERS = {
     'tpu': Compiler('libtpu', ('libtpu',),
                     'Compiling for a TPU needs libtpu, which is not installed: pip install '
@@ -30,9 +42,9 @@ COMPILERS = {
     'gpu': Compiler("JAX's CUDA plugin",
                     ('jax_plugins.xla_cuda12', 'jax_cuda12_plugin', 'nvidia.cuda_nvcc'),
                     "Compiling for a GPU needs JAX's CUDA plugin and ptxas, which are not "
-                    'installed: pip install -r requirements-gpu-compile.txt '
-                    '(jax-cuda12-plugin, jax-cuda12-pjrt, nvidia-cuda-nvcc-cu12: about '
-                    '570 MB; no GPU needed).'),
+                    f'in {GPU_COMPILER_DIR}: pip install --no-deps --target '
+                    f'{GPU_COMPILER_DIR} -r requirements-gpu-compile.txt (about 570 MB; '
+                    'no GPU needed).'),
 }
 
 
@@ -56,6 +68,8 @@ def prepare_host(name: str | None) -> accelerators.Accelerator:
   while another JAX process on the machine holds libtpu's lock file.
   """
   accelerator = accelerators.get(name)
+  if accelerator.platform == 'gpu':
+    sys.path.insert(0, GPU_COMPILER_DIR)  # Before JAX looks for its plugins.
   check_compiler(accelerator.platform)
   if accelerator.platform == 'tpu':
     os.environ['TPU_SKIP_MDS_QUERY'] = '1'

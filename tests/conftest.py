@@ -12,12 +12,7 @@ import sys
 import tempfile
 import uuid
 
-# The tests, and the main.py runs they start, compute on this machine's CPU even
-# where it has a GPU or TPU. Told so, JAX's CUDA plugin (requirements-gpu-compile.txt)
-# also skips its check of CUDA, which prints a traceback on a machine without a GPU.
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-
-import chex  # pylint: disable=g-import-not-at-top,wrong-import-position
+import chex
 import pytest
 
 from fake_data import write_dataset

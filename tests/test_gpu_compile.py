@@ -5,7 +5,6 @@ would, at 16x16 and 2 images per GPU; the tests read its compile.json. They
 need requirements-gpu-compile.txt; without it only the one-line error is tested.
 """
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -23,9 +22,9 @@ from googlenet_jax import largest_batch
 from googlenet_jax import topologies
 
 needs_cuda_plugin = pytest.mark.skipif(
-    importlib.util.find_spec('jax_plugins') is None
-    or importlib.util.find_spec('jax_plugins.xla_cuda12') is None,
-    reason='the GPU compiler is not installed: pip install -r requirements-gpu-compile.txt')
+    not os.path.isdir(os.path.join(topologies.GPU_COMPILER_DIR, 'jax_plugins', 'xla_cuda12')),
+    reason=f'the GPU compiler is not in {topologies.GPU_COMPILER_DIR}: see '
+           'requirements-gpu-compile.txt')
 H100 = accelerators.H100
 
 
@@ -139,23 +138,21 @@ def test_a_batch_beyond_what_jax_preallocates_is_one_line(config, tmp_path):
   assert not os.path.exists(tmp_path / 'compile.json')
 
 
-# main.py as `python main.py` runs it, in a Python that cannot import JAX's CUDA plugin.
-WITHOUT_CUDA_PLUGIN = """
-import runpy, sys
-sys.modules['jax_plugins.xla_cuda12'] = None  # Its import raises ImportError.
-sys.argv = ['main.py', '--config=configs/fmnist96.py', '--mode=compile',
-            '--topology=h100-8', '--workdir=' + sys.argv[1]]
-runpy.run_path('main.py', run_name='__main__')
-"""
-
-
 def test_without_the_cuda_plugin_compile_is_one_line(tmp_path):
-  result = subprocess.run([sys.executable, '-c', WITHOUT_CUDA_PLUGIN, str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  empty = tmp_path / 'no_gpu_compiler'
+  empty.mkdir()
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/fmnist96.py', '--mode=compile',
+       '--topology=h100-8', f'--workdir={tmp_path / "w"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, GOOGLENET_JAX_GPU_COMPILER=str(empty)))
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
-  assert result.stderr.splitlines()[-1] == 'Error: ' + topologies.COMPILERS['gpu'].missing
-  assert 'pip install -r requirements-gpu-compile.txt' in result.stderr
+  assert result.stderr.splitlines()[-1] == (
+      f"Error: Compiling for a GPU needs JAX's CUDA plugin and ptxas, which are not in "
+      f'{empty}: pip install --no-deps --target {empty} -r requirements-gpu-compile.txt '
+      '(about 570 MB; no GPU needed).')
+  assert not os.path.exists(tmp_path / 'w')
 
 
 def test_a_gpus_memory_is_its_specs():

@@ -61,9 +61,10 @@ flags.DEFINE_enum('mode', 'train',
                   'predict: draw its predictions on test images, or print the '
                   'per-block summary, or compare parameters and FLOPs of the '
                   "chapter's networks, or compile the train and eval steps for "
-                  'the TPU slice --topology on this host (no TPU needed).')
+                  'the TPU slice or GPUs --topology on this host (neither needed).')
 flags.DEFINE_string('topology', None,
-                    'For --mode=compile: a Cloud TPU accelerator type, e.g. v5litepod-8.')
+                    'For --mode=compile: a Cloud TPU accelerator type, e.g. v5litepod-8, '
+                    'or NVIDIA GPUs as model-count, e.g. h100-8.')
 flags.DEFINE_bool('largest_batch', False,
                   'For --mode=compile: also find the largest per-chip batch (a power '
                   'of two) whose train step fits in HBM, by compiling (minutes).')

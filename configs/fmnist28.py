@@ -2,8 +2,8 @@
 
 The stem is a 3x3/1 conv (googlenet_jax/models/googlenet28.py): no upsampling,
 so a step costs less than half of the 96x96 network's. 5 epochs of Nesterov SGD
-with warmup, cosine decay and label smoothing. Its measured accuracy and time
-are in the README's Accuracy table.
+with warmup, cosine decay and label smoothing: 93.40% test accuracy on a 2-core
+CPU in 30 min 39 s, 2026-11-29 (the README's Accuracy table, docs/fmnist28/).
 
   python main.py --config=configs/fmnist28.py --workdir=workdir/fmnist28
 """

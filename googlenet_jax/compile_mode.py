@@ -1,24 +1,23 @@
-"""--mode=compile: the real train and eval steps compiled for a Cloud TPU slice, here.
+"""--mode=compile: the real train and eval steps compiled for a TPU slice or GPU hosts, here.
 
   python main.py --config=configs/fmnist96.py --workdir=/tmp/tpu --mode=compile \
       --topology=v5litepod-8 [--largest_batch]
 
-libtpu (requirements.txt) compiles for a TPU topology on a machine without a
-TPU, as MaxText's train_compile.py does. This compiles
+No TPU or GPU is needed, as MaxText's train_compile.py compiles for TPUs: libtpu
+(requirements.txt) compiles for TPU slices, JAX's CUDA plugin
+(requirements-gpu-compile.txt) for NVIDIA GPUs. This compiles
 `steps.pmap_train_step` and `steps.pmap_eval_step`, the functions training
 runs, with the config's model, dtype and batches: the global batch split over
 the chips, each host's share shaped as its input pipeline makes it. It prints a
-table and writes WORKDIR/compile.json: what each step needs of a chip's memory,
-its FLOPs, the dtypes of its convolutions, its collectives and its compile time.
-Step times and images/s come from XLA's cost model: estimates, never
-measurements. `--largest_batch` also finds the largest per-chip batch whose train step fits.
+table and writes WORKDIR/compile.json (compile_report: memory, FLOPs, time
+estimates on TPUs only, convolutions, collectives). `--largest_batch` also
+finds the largest per-chip batch whose train step fits (largest_batch).
 """
 
 import dataclasses
 import json
 import re
 import time
-from importlib import metadata
 
 from absl import logging
 from etils import epath
@@ -27,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from googlenet_jax import accelerators
-from googlenet_jax import hlo_stats
+from googlenet_jax import compile_report
 from googlenet_jax import input_pipeline
 from googlenet_jax import largest_batch
 from googlenet_jax import steps
@@ -35,11 +34,10 @@ from googlenet_jax import topologies
 from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax import workdirs
-from googlenet_jax.accelerators import Accelerator, GiB
+from googlenet_jax.accelerators import Accelerator
+from googlenet_jax.compile_report import CompiledStep
 from googlenet_jax.errors import UserError
-from googlenet_jax.models import conv_lowering
 
-ESTIMATE = "estimate from XLA's cost model, not a measurement"
 STEP_FUNCTIONS = {'train': steps.pmap_train_step, 'eval': steps.pmap_eval_step}
 
 
@@ -100,20 +98,10 @@ def shapes(batch: dict) -> dict:
 class OutOfMemory(UserError):
   """A step that does not fit in a chip's memory; `needed_bytes` if known."""
 
-  def __init__(self, message: str, needed_bytes: int | None):
-    super().__init__(message)
+  def __init__(self, accelerator: Accelerator, kind: str, batch_size: int,
+               needed_bytes: int | None):
+    super().__init__(compile_report.does_not_fit(accelerator, kind, batch_size, needed_bytes))
     self.needed_bytes = needed_bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class CompiledStep:
-  kind: str  # 'train' or 'eval'.
-  batch_size: int
-  host_batch: dict
-  lowered: jax.stages.Lowered
-  compiled: jax.stages.Compiled
-  seconds: float
-  memory: dict  # memory_per_chip's.
 
 
 def compile_step(config: ml_collections.ConfigDict, target: Target, kind: str,
@@ -124,58 +112,31 @@ def compile_step(config: ml_collections.ConfigDict, target: Target, kind: str,
     OutOfMemory: the step does not fit in a chip's memory.
   """
   batch = host_batch(config, target, kind, batch_size)
-  step = STEP_FUNCTIONS[kind](config, target.devices)
+  pmap_step = STEP_FUNCTIONS[kind]
+  args = (target.state, all_hosts_batch(batch, target.accelerator.hosts))
   start = time.perf_counter()
-  lowered = step.lower(target.state, all_hosts_batch(batch, target.accelerator.hosts))
+  lowered = pmap_step(config, target.devices).lower(*args)
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
-    needed = _bytes_needed(str(e))
-    raise OutOfMemory(does_not_fit(target.accelerator, kind, batch_size, needed), needed) from e
+    raise OutOfMemory(target.accelerator, kind, batch_size, _bytes_needed(str(e))) from e
   seconds = time.perf_counter() - start
-  return CompiledStep(kind, batch_size, batch, lowered, compiled, seconds,
-                      memory_per_chip(compiled, target.accelerator.chip))
-
-
-def does_not_fit(accelerator: Accelerator, kind: str, batch_size: int,
-                 needed: int | None) -> str:
-  """The one line for a step that does not fit in a chip's memory."""
-  return (f'The {kind} step at batch {batch_size} ({batch_size // accelerator.chips} '
-          f'per chip) does not fit on {accelerator.name}: a chip would need '
-          + (f'{_gib(needed)} of HBM for temporaries alone' if needed else 'more HBM')
-          + f' and has {_gib(accelerator.chip.hbm_bytes)}; use a smaller '
-          '--config.batch_size.')
+  memory = compile_report.memory_per_chip(compiled, target.accelerator.chip)
+  if not memory['fits']:
+    raise OutOfMemory(target.accelerator, kind, batch_size, memory['needed_bytes'])
+  return CompiledStep(kind, batch_size, batch, pmap_step, args, lowered, compiled, seconds,
+                      memory)
 
 
 def _bytes_needed(message: str) -> int | None:
-  """The bytes an out-of-memory compile needed, from XLA's message, if it says."""
+  """The bytes an out-of-memory TPU compile needed, from XLA's message, if it says."""
   match = re.search(r'required for HLO temporaries \(([\d.]+)([KMGT]?)\)', message)
   if not match:
     return None
   scale = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40, '': 1}[match.group(2)]
   return int(float(match.group(1)) * scale)
-
-
-def _gib(num_bytes: float) -> str:
-  return f'{num_bytes / GiB:.2f} GiB'
-
-
-def memory_per_chip(compiled_step, chip: accelerators.Chip) -> dict:
-  """What a compiled step needs of one chip's memory: buffers, temporaries and code."""
-  memory = compiled_step.memory_analysis()
-  # Outputs aliased to (donated) arguments take no memory of their own.
-  needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes + memory.temp_size_in_bytes
-            + memory.generated_code_size_in_bytes)
-  return {'argument_bytes': memory.argument_size_in_bytes,
-          'output_bytes': memory.output_size_in_bytes,
-          'alias_bytes': memory.alias_size_in_bytes,
-          'temp_bytes': memory.temp_size_in_bytes,
-          'code_bytes': memory.generated_code_size_in_bytes,
-          'needed_bytes': needed, 'hbm_bytes': chip.hbm_bytes,
-          'fits': needed <= chip.hbm_bytes}
 
 
 def compile_steps(config: ml_collections.ConfigDict, target: Target) -> dict:
@@ -187,71 +148,12 @@ def compile_steps(config: ml_collections.ConfigDict, target: Target) -> dict:
   validation.check_batch_sizes(config, len(target.devices))
   train = compile_step(config, target, 'train', config.batch_size)
   evaluation = compile_step(config, target, 'eval', config.eval_batch_size)
-  return {'info': describe(config, target),
+  accelerator = target.accelerator
+  return {'info': compile_report.describe(config, accelerator, target.devices),
           'input_shapes': {'train': shapes(train.host_batch),
                            'eval': shapes(evaluation.host_batch)},
-          'train': analyse(target, train),
-          'eval': analyse(target, evaluation)}
-
-
-def describe(config: ml_collections.ConfigDict, target: Target) -> dict:
-  """What was compiled, for what, when; key names as the benchmark's JSON."""
-  accelerator, devices = target.accelerator, target.devices
-  info = {
-      'date_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()),
-      'topology': accelerator.name, 'topology_name': accelerator.topology,
-      'chip_config': accelerator.chip.chip_config, 'device': devices[0].device_kind,
-      'num_devices': len(devices), 'chips': len(devices), 'hosts': accelerator.hosts,
-      'hbm_bytes_per_chip': accelerator.chip.hbm_bytes,
-      'peak_flops_per_chip': accelerator.chip.peak_flops,
-      'jax': jax.__version__, 'model': config.model, 'dtype': config.dtype,
-      'convolutions': ('matmuls' if conv_lowering.uses_matmuls(
-          config.conv_lowering, devices[0].platform) else 'lax.conv'),
-      'batch_size': config.batch_size,
-      'per_chip_batch_size': config.batch_size // len(devices),
-      'eval_batch_size': config.eval_batch_size, 'image_size': config.image_size,
-      'libtpu': metadata.version('libtpu'),
-  }
-  return info
-
-
-def analyse(target: Target, step: CompiledStep) -> dict:
-  """A compiled step's memory, FLOPs, time estimate, convolutions and collectives."""
-  cost = step.compiled.cost_analysis()
-  flops_per_chip = float(cost['flops'])
-  seconds = step_seconds_estimate(cost.get('optimal_seconds'), flops_per_chip,
-                                  target.accelerator.chip)
-  text = step.compiled.as_text()
-  return {
-      'compile_s': step.seconds,
-      'memory_per_chip': step.memory,
-      'flops': flops_per_chip * len(target.devices), 'flops_per_chip': flops_per_chip,
-      'cost_model': {
-          'note': ESTIMATE,
-          'optimal_seconds': cost.get('optimal_seconds'),
-          'step_seconds_estimate': seconds,
-          'images_per_sec_estimate': step.batch_size / seconds if seconds else None},
-      'convolution_operand_dtypes': hlo_stats.lowered_convolution_dtypes(
-          step.lowered.as_text()),
-      'compiled_convolution_operand_dtypes': hlo_stats.convolution_dtypes(text),
-      'max_pool_ops': hlo_stats.max_pool_ops(text),
-      'collectives': hlo_stats.collectives(text),
-      'collective_group_sizes': hlo_stats.collective_group_sizes(text),
-  }
-
-
-def step_seconds_estimate(optimal_seconds: float | None, flops_per_chip: float,
-                          chip: accelerators.Chip) -> float | None:
-  """XLA's cost-model step time, or None where it cannot be right.
-
-  XLA's figure is sometimes negative (at large batches), and never valid when it
-  is faster than the FLOPs at the chip's peak.
-  """
-  if optimal_seconds is None or optimal_seconds <= 0:
-    return None
-  if flops_per_chip / optimal_seconds > chip.peak_flops:
-    return None
-  return float(optimal_seconds)
+          'train': compile_report.analyse(config, accelerator, train),
+          'eval': compile_report.analyse(config, accelerator, evaluation)}
 
 
 def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
@@ -267,7 +169,7 @@ def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
         accelerator)
   path = epath.Path(workdir) / 'compile.json'
   path.write_text(json.dumps(report, indent=2))
-  print(format_table(report))
+  print(compile_report.format_table(report))
   logging.info('Wrote %s.', path)
   return report
 
@@ -282,56 +184,5 @@ def train_step_memory(config: ml_collections.ConfigDict, target: Target,
     return {'per_chip_batch_size': per_chip_batch, 'needed_bytes': e.needed_bytes,
             'fits': False, 'compile_s': time.perf_counter() - start}
   return {'per_chip_batch_size': per_chip_batch,
-          'needed_bytes': step.memory['needed_bytes'], 'fits': step.memory['fits'],
+          'needed_bytes': step.memory['needed_bytes'], 'fits': True,
           'compile_s': step.seconds}
-
-
-def estimate(cost: dict) -> str:
-  """The cost model's images/s as the table gives it."""
-  if cost['images_per_sec_estimate'] is None:
-    return 'no estimate'
-  return (f"{cost['images_per_sec_estimate']:,.0f} (XLA cost model, "
-          f"{1000 * cost['step_seconds_estimate']:.2f} ms/step, not measured)")
-
-
-def format_table(report: dict) -> str:
-  """The report as a plain-text table."""
-  info = report['info']
-  rows = [
-      ('compiled for', f"{info['topology']} ({info['topology_name']}): {info['chips']} x "
-                       f"{info['device']} on {info['hosts']} host(s)"),
-      ('model, dtype, image size', f"{info['model']}, {info['dtype']}, {info['image_size']}"),
-      ('batch (per chip)', f"{info['batch_size']} ({info['per_chip_batch_size']}), "
-                           f"eval {info['eval_batch_size']}"),
-      ('per-host train input', ', '.join(
-          f'{k} {tuple(shape)} {dtype}'
-          for k, (shape, dtype) in report['input_shapes']['train'].items())),
-  ]
-  for name in ('train', 'eval'):
-    rows += step_rows(name, report[name])
-  if 'largest_batch' in report:
-    largest = report['largest_batch']
-    rows.append(('largest batch that fits',
-                 f"{largest['batch_size']} ({largest['per_chip_batch_size']} per chip, "
-                 f"{_gib(largest['needed_bytes'])} of HBM)"))
-  return '\n'.join(f'{name:<28}{value}' for name, value in rows)
-
-
-def step_rows(name: str, step: dict) -> list[tuple[str, str]]:
-  """The table's rows for one compiled step."""
-  memory, cost = step['memory_per_chip'], step['cost_model']
-  return [
-      (f'{name}: compile (s)', f"{step['compile_s']:.1f}"),
-      (f'{name}: HBM per chip', f"{_gib(memory['needed_bytes'])} of "
-                                f"{_gib(memory['hbm_bytes'])} (arguments "
-                                f"{_gib(memory['argument_bytes'])}, temporaries "
-                                f"{_gib(memory['temp_bytes'])})"),
-      (f'{name}: GFLOP per step', f"{step['flops'] / 1e9:.1f} "
-                                  f"({step['flops_per_chip'] / 1e9:.2f} per chip)"),
-      (f'{name}: images/s (estimate)', estimate(cost)),
-      (f'{name}: convolutions', ', '.join(
-          f'{n} {dtype}' for dtype, n in step['convolution_operand_dtypes'].items())
-       or 'none'),
-      (f'{name}: collectives', ', '.join(
-          f'{n} {op}' for op, n in step['collectives'].items()) or 'none'),
-  ]

@@ -1,5 +1,5 @@
-"""Counts read from the text of a step's HLO: convolutions and their dtypes, max-pool
-gradients and collectives.
+"""Counts read from the text of a step's HLO: convolutions and their dtypes, cuDNN calls,
+max-pool gradients and collectives.
 
 The lowered text (StableHLO) is the step as JAX hands it to XLA; the compiled
 text (HLO) is what XLA made of it for one backend.
@@ -16,6 +16,11 @@ _CONVOLUTION = re.compile(r'= \w+\[.*? convolution\(%([\w.-]+), %([\w.-]+)\).*?'
                           r'op_name="([^"]*)"')
 _LOWERED_CONVOLUTION = re.compile(
     r'stablehlo\.convolution\(.*: \(tensor<[\dx]*x(\w+)>, tensor<[\dx]*x(\w+)>\)')
+# XLA's GPU compiler makes each convolution a cuDNN call, which returns its
+# result and a scratch buffer (u8) for cuDNN's workspace.
+_CUDNN_CALL = re.compile(
+    r'= \(\w+\[[^\]]*\]\{[^}]*\}, u8\[(\d+)\]\{0\}\) custom-call\(%([\w.-]+), %([\w.-]+)'
+    r'.*?custom_call_target="__cudnn\$(\w+)"')
 
 
 def _count(counts: dict, *keys: str) -> None:
@@ -58,6 +63,29 @@ def convolution_dtypes(hlo_text: str) -> dict[str, dict[str, int]]:
     kind = 'convolutions' if 'conv_general_dilated' in op_name else 'dots'
     _count(counts, kind, _dtypes(dtypes.get(lhs, '?'), dtypes.get(rhs, '?')))
   return counts
+
+
+def cudnn_calls(hlo_text: str) -> dict[str, dict[str, int]]:
+  """{cuDNN call kind: {dtype of its two operands: count}} of compiled GPU HLO.
+
+  The kinds are XLA's: convForward, convBiasActivationForward (a convolution
+  with its bias and activation fused), convBackwardInput, convBackwardFilter;
+  XLA writes some gradients as forward convolutions.
+  """
+  dtypes = dict(_DEFINITION.findall(hlo_text))
+  counts = {}
+  for _, lhs, rhs, kind in _CUDNN_CALL.findall(hlo_text):
+    _count(counts, kind, _dtypes(dtypes.get(lhs, '?'), dtypes.get(rhs, '?')))
+  return counts
+
+
+def cudnn_workspace_bytes(hlo_text: str) -> int:
+  """The bytes of the scratch buffers of compiled GPU HLO's cuDNN calls, summed.
+
+  Without a GPU to autotune on, XLA picks no cuDNN algorithm and gives each
+  call an empty workspace; on a GPU, autotuning may pick algorithms that need one.
+  """
+  return sum(int(size) for size, *_ in _CUDNN_CALL.findall(hlo_text))
 
 
 def max_pool_ops(hlo_text: str) -> dict[str, int]:

@@ -25,7 +25,7 @@ def find(report: dict, measure: Measure, accelerator: Accelerator) -> dict:
            'needed_bytes': report['train']['memory_per_chip']['needed_bytes'],
            'fits': report['train']['memory_per_chip']['fits'],
            'compile_s': report['train']['compile_s']}
-  result = search(first, measure, accelerator.chip.hbm_bytes, accelerator.name)
+  result = search(first, measure, accelerator.chip.usable_bytes, accelerator.name)
   return {**result, 'batch_size': result['per_chip_batch_size'] * accelerator.chips,
           'hbm_bytes': accelerator.chip.hbm_bytes}
 
@@ -33,7 +33,8 @@ def find(report: dict, measure: Measure, accelerator: Accelerator) -> dict:
 def search(first: dict, measure: Measure, usable_bytes: int, name: str) -> dict:
   """The largest power of two per chip that fits, from `first`'s compile.
 
-  `usable_bytes`, a chip's memory, places the line's first guess.
+  `usable_bytes`, what a step may take of a chip's memory, places the line's
+  first guess.
 
   Returns {'per_chip_batch_size', 'needed_bytes', 'linear_bytes_per_image',
   'linear_fixed_bytes', 'compiles': every measurement, in order}.

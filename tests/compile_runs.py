@@ -1,4 +1,4 @@
-"""main.py --mode=compile as a user runs it, and the model's counts its report is checked against."""
+"""main.py --mode=compile run as a user runs it, and the counts its report is checked against."""
 
 import json
 

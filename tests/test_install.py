@@ -76,7 +76,10 @@ def readme_commands():
 
 def test_the_two_commands_set_up_a_virtual_environment():
   train, test = readme_commands()
-  assert train[:-1] == test[:-1]
+  # The same set-up; the tests also install the GPU compiler.
+  assert test[:-2] == train[:-1]
+  assert test[-2] == ('.venv/bin/pip install --no-deps --target .gpu-compiler '
+                     '-r requirements-gpu-compile.txt')
   assert 'python3 -m venv .venv' in test
   assert 'python3-venv' in test[1].split()
   after_venv = test[test.index('python3 -m venv .venv') + 1:]

@@ -20,6 +20,7 @@ from conftest import REPO, run_main
 from gcs_server import free_port
 from googlenet_jax import accelerators
 from googlenet_jax import compile_mode
+from googlenet_jax import compile_report
 from googlenet_jax import input_pipeline
 from googlenet_jax import largest_batch
 from googlenet_jax import train_state
@@ -75,7 +76,7 @@ def check_report(config, report, topology, chips, hosts, device):
     param_bytes = 4 * num_params(config)
     assert param_bytes <= memory['argument_bytes'] <= 1.2 * param_bytes + 10_000
     assert step['flops'] == pytest.approx(chips * step['flops_per_chip'])
-    assert step['cost_model']['note'] == compile_mode.ESTIMATE
+    assert step['cost_model']['note'] == compile_report.ESTIMATE
     assert set(step['cost_model']) >= {'step_seconds_estimate', 'images_per_sec_estimate'}
     assert step['collectives'].get('all-reduce', 0) >= 1
     # Collectives span every chip of the slice, not one host's.
@@ -139,7 +140,8 @@ def test_an_unknown_topology_is_one_line(config, tmp_path):
   assert result.returncode == 1
   assert result.stderr.splitlines()[-1] == (
       "Error: Unknown --topology 'v5e-8': choose one of v4-8, v4-16, v5litepod-8, "
-      'v5litepod-16, v5p-8, v6e-8 (Cloud TPU accelerator types).')
+      'v5litepod-16, v5p-8, v6e-8 (Cloud TPU accelerator types) or h100-8, h200-8, '
+      'h100-16 (NVIDIA GPUs: model-count).')
   assert 'Traceback' not in result.stderr
 
 
@@ -198,12 +200,12 @@ def test_auto_form_follows_the_platform_compiled_for(config):
 def test_the_cost_models_time_counts_only_where_it_can_be_right():
   v5e = accelerators.ACCELERATORS['v5litepod-8'].chip
   flops = 23.5e9  # fmnist96's train step on one v5e chip at batch 128.
-  assert compile_mode.step_seconds_estimate(1.71e-3, flops, v5e) == 1.71e-3
+  assert compile_report.step_seconds_estimate(1.71e-3, flops, v5e) == 1.71e-3
   # XLA's figure at a per-chip batch of 1024 (bf16, v5e), as issue 19 found it.
-  assert compile_mode.step_seconds_estimate(-64.0, 32 * flops, v5e) is None
-  assert compile_mode.step_seconds_estimate(None, flops, v5e) is None
+  assert compile_report.step_seconds_estimate(-64.0, 32 * flops, v5e) is None
+  assert compile_report.step_seconds_estimate(None, flops, v5e) is None
   # Faster than the chip's peak allows.
-  assert compile_mode.step_seconds_estimate(0.9 * flops / v5e.peak_flops, flops, v5e) is None
+  assert compile_report.step_seconds_estimate(0.9 * flops / v5e.peak_flops, flops, v5e) is None
 
 
 def test_docs_tpu_table_is_the_accelerator_table():

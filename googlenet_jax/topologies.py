@@ -12,6 +12,7 @@ traceback) each time. Only the compile mode puts the directory on sys.path.
 """
 
 import importlib
+import importlib.metadata
 import os
 import sys
 from typing import NamedTuple
@@ -48,9 +49,26 @@ COMPILERS = {
 }
 
 
+def gpu_compiler_version() -> str | None:
+  """The version of JAX's CUDA plugin in GPU_COMPILER_DIR, or None where there is none."""
+  found = list(importlib.metadata.distributions(name='jax-cuda12-plugin',
+                                                path=[GPU_COMPILER_DIR]))
+  return found[0].version if found else None
+
+
 def check_compiler(platform: str) -> None:
-  """UserError saying what to install if the compiler for `platform` is missing."""
+  """UserError saying what to install if the compiler for `platform` is missing.
+
+  A CUDA plugin of another JAX version is refused before JAX loads it: it
+  would crash the process (a segmentation fault with jax 0.12 and plugin 0.10).
+  """
   compiler = COMPILERS[platform]
+  version = gpu_compiler_version() if platform == 'gpu' else None
+  if version and version != jax.__version__:
+    raise UserError(f"The GPU compiler in {GPU_COMPILER_DIR} is JAX's CUDA plugin "
+                    f'{version}, but this is jax {jax.__version__}: install the plugin '
+                    f'of jax {jax.__version__} there (requirements-gpu-compile.txt pins '
+                    "requirements.txt's).")
   try:
     for module in compiler.modules:
       importlib.import_module(module)

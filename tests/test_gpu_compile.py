@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -22,9 +23,9 @@ from googlenet_jax import largest_batch
 from googlenet_jax import topologies
 
 needs_cuda_plugin = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(topologies.GPU_COMPILER_DIR, 'jax_plugins', 'xla_cuda12')),
-    reason=f'the GPU compiler is not in {topologies.GPU_COMPILER_DIR}: see '
-           'requirements-gpu-compile.txt')
+    topologies.gpu_compiler_version() != jax.__version__,
+    reason=f'no GPU compiler of jax {jax.__version__} in {topologies.GPU_COMPILER_DIR}: '
+           'see requirements-gpu-compile.txt')
 H100 = accelerators.H100
 
 

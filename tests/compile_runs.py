@@ -3,8 +3,11 @@
 import json
 
 import jax
+import numpy as np
 
 from conftest import run_main
+from googlenet_jax import compile_mode
+from googlenet_jax import input_pipeline
 from googlenet_jax import summary
 from googlenet_jax import train_state
 
@@ -45,3 +48,12 @@ def flops_per_image(config) -> float:
   """The forward pass's FLOPs on one image, by XLA's CPU cost analysis of each block."""
   model = train_state.create_model(config, conv_form='xla')
   return sum(s.flops for s in summary.block_stats(model, config.image_size))
+
+
+def second_host_input(global_batch_size: int, num_local_devices: int) -> dict:
+  """`compile_mode.shapes` of the train batch that host 1 of 2 makes for its devices."""
+  source = input_pipeline.ArraySource(np.zeros((global_batch_size, 28, 28, 1), np.uint8),
+                                      np.zeros(global_batch_size, np.int32))
+  return compile_mode.shapes(next(input_pipeline.train_batches(
+      source, global_batch_size=global_batch_size, seed=0, epoch=0, process_index=1,
+      process_count=2, num_local_devices=num_local_devices)))

@@ -11,14 +11,12 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 
-from compile_runs import compile_for, flops_per_image, num_conv_layers, num_params
+from compile_runs import (compile_for, flops_per_image, num_conv_layers, num_params,
+                          second_host_input)
 from conftest import REPO, run_main
 from googlenet_jax import accelerators
-from googlenet_jax import compile_mode
-from googlenet_jax import input_pipeline
 from googlenet_jax import largest_batch
 from googlenet_jax import topologies
 
@@ -109,14 +107,9 @@ def test_compile_for_two_gpu_hosts_takes_each_hosts_input(two_hosts):
   # Collectives span both hosts' GPUs.
   assert report['train']['collective_group_sizes'] == [16]
   # Each of the two hosts feeds its 8 GPUs what its input pipeline makes.
-  source = input_pipeline.ArraySource(np.zeros((32, 28, 28, 1), np.uint8),
-                                      np.zeros(32, np.int32))
-  host_batch = next(input_pipeline.train_batches(
-      source, global_batch_size=32, seed=0, epoch=0, process_index=1,
-      process_count=2, num_local_devices=8))
   assert report['input_shapes']['train'] == {
       'image': [[8, 2, 28, 28, 1], 'uint8'], 'label': [[8, 2], 'int32']}
-  assert report['input_shapes']['train'] == compile_mode.shapes(host_batch)
+  assert report['input_shapes']['train'] == second_host_input(32, num_local_devices=8)
 
 
 @needs_cuda_plugin

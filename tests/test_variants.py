@@ -50,10 +50,10 @@ def conv_params(kernel, channels_in, channels_out):
   return kernel * kernel * channels_in * channels_out + channels_out
 
 
-def googlenet_convs(stem_kernel):
+def googlenet_convs(stem_kernel, blocks=CHAPTER_BLOCKS):
   """(kernel, channels in, channels out) of every conv of the chapter's GoogLeNet."""
   convs = [(stem_kernel, 1, 64), (1, 64, 64), (3, 64, 192)]
-  for c_in, c1, (c2_reduce, c2), (c3_reduce, c3), c4 in CHAPTER_BLOCKS:
+  for c_in, c1, (c2_reduce, c2), (c3_reduce, c3), c4 in blocks:
     convs += [(1, c_in, c1), (1, c_in, c2_reduce), (3, c2_reduce, c2),
               (1, c_in, c3_reduce), (5, c3_reduce, c3), (1, c_in, c4)]
   return convs
@@ -64,7 +64,8 @@ def expected_counts():
 
   Derived from the architecture: convs and the 1024 x 10 head; BatchNorm adds a
   scale and an offset (trained) and a mean and a variance (running) per conv
-  output channel; googlenet28's stem is 3x3 instead of 7x7; Inception-ResNet adds
+  output channel; googlenet_1block keeps the stem and the first block;
+  googlenet28's stem is 3x3 instead of 7x7; Inception-ResNet adds
   a 1x1 projection of each block's output, and a 1x1 shortcut where the block
   changes the channel count. Inception-v3's counts are read off this code, a
   regression pin only.
@@ -77,8 +78,11 @@ def expected_counts():
   for c_in, c1, (_, c2), (_, c3), c4 in CHAPTER_BLOCKS:
     c_out = c1 + c2 + c3 + c4
     residual += conv_params(1, c_out, c_out) + (c_in != c_out) * conv_params(1, c_in, c_out)
+  one_block = (sum(conv_params(*conv) for conv in googlenet_convs(7, CHAPTER_BLOCKS[:1]))
+               + conv_params(1, 256, 10))  # The first block gives 256 channels.
   return {
       'googlenet': (plain, 0),
+      'googlenet_1block': (one_block, 0),
       'googlenet_bn': (plain + norm, norm),
       'googlenet28': (plain + norm + stem_3x3, norm),
       'inception_resnet': (plain + norm + residual, norm),

@@ -10,6 +10,9 @@ from googlenet_jax.models.inception_v3 import InceptionV3
 MODELS = {
     'googlenet': GoogLeNet,  # The chapter's network.
     'googlenet_bn': functools.partial(GoogLeNet, norm=True),  # BN-Inception.
+    # The chapter's network with its first Inception block only: the tests of
+    # training's machinery (checkpoints, hosts, faults) compile it in seconds.
+    'googlenet_1block': functools.partial(GoogLeNet, num_blocks=1),
     'googlenet28': functools.partial(GoogLeNet28, norm=True),  # Native 28x28.
     'inception_resnet': InceptionResNet,
     'inception_v3': InceptionV3,
@@ -22,6 +25,7 @@ MODELS = {
 MIN_IMAGE_SIZE = {
     'googlenet': 1,
     'googlenet_bn': 1,
+    'googlenet_1block': 1,
     'googlenet28': 1,
     'inception_resnet': 1,
     'inception_v3': 43,

@@ -127,6 +127,16 @@ class Inception(nn.Module):
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
+# The chapter's nine Inception blocks, (c1, c2, c3, c4) each: b3 has the first
+# two, b4 the next five, b5 the last two.
+BLOCKS = (
+    (64, (96, 128), (16, 32), 32), (128, (128, 192), (32, 96), 64),
+    (192, (96, 208), (16, 48), 64), (160, (112, 224), (24, 64), 64),
+    (128, (128, 256), (24, 64), 64), (112, (144, 288), (32, 64), 64),
+    (256, (160, 320), (32, 128), 128),
+    (256, (160, 320), (32, 128), 128), (384, (192, 384), (48, 128), 128))
+
+
 class GoogLeNet(nn.Module):
   """The chapter's GoogLeNet: stem b1-b2, body b3-b5 (9 Inception blocks), head.
 
@@ -136,6 +146,9 @@ class GoogLeNet(nn.Module):
   Attributes:
     num_classes: outputs of the head.
     norm: BatchNorm after every conv (BN-Inception).
+    num_blocks: how many of the 9 Inception blocks, from the first, the body
+      keeps (each stage's max-pool stays); fewer make a shallower network for
+      tests of the machinery around it, with the chapter's parameter names.
     block: the Inception block class; `ResidualInception` makes Inception-ResNet.
     conv: the convolution module of every conv.
     max_pool: the max-pool function of every max-pool, called as `nn.max_pool`.
@@ -144,6 +157,7 @@ class GoogLeNet(nn.Module):
   """
   num_classes: int = 10
   norm: bool = False
+  num_blocks: int = 9
   block: ModuleDef = Inception
   conv: ModuleDef = Conv
   max_pool: Callable = nn.max_pool
@@ -157,19 +171,10 @@ class GoogLeNet(nn.Module):
     pool = functools.partial(max_pool_3x3, stride=2, max_pool=self.max_pool)
     self.b1 = Stage(self.stem(conv, pool))
     self.b2 = Stage([conv(64, 1), conv(192, 3), pool])
-    self.b3 = Stage([
-        inception(64, (96, 128), (16, 32), 32),
-        inception(128, (128, 192), (32, 96), 64), pool])
-    self.b4 = Stage([
-        inception(192, (96, 208), (16, 48), 64),
-        inception(160, (112, 224), (24, 64), 64),
-        inception(128, (128, 256), (24, 64), 64),
-        inception(112, (144, 288), (32, 64), 64),
-        inception(256, (160, 320), (32, 128), 128), pool])
-    self.b5 = Stage([
-        inception(256, (160, 320), (32, 128), 128),
-        inception(384, (192, 384), (48, 128), 128),
-        global_average_pool])
+    blocks = [inception(*channels) for channels in BLOCKS[:self.num_blocks]]
+    self.b3 = Stage(blocks[0:2] + [pool])
+    self.b4 = Stage(blocks[2:7] + [pool])
+    self.b5 = Stage(blocks[7:9] + [global_average_pool])
     self.head = Dense(self.num_classes, dtype=self.dtype)
 
   def stem(self, conv: ModuleDef, pool: Callable) -> list[Callable]:

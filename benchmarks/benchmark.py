@@ -9,7 +9,9 @@ Everything is measured in one process, so the ratios compare like with like:
 a matmul peak on this device in the config's dtype, the pmapped train step of
 `googlenet_jax.steps` on synthetic device-resident batches and on the real
 Fashion-MNIST pipeline, the pipeline alone, the training loop's own host work,
-and the eval step. `--config.x=` overrides config fields, e.g.
+and the eval step; the device's peak memory after the first train step beside what
+XLA's analysis of the compiled step says it needs (the figure --mode=compile
+reports for GPUs and TPUs). `--config.x=` overrides config fields, e.g.
 `--config.dtype=bfloat16` (compute in bfloat16, params and optimizer state in
 float32) or `--config.conv_lowering=xla`.
 """
@@ -33,6 +35,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from googlenet_jax import compilation_cache
+from googlenet_jax import compile_report
 from googlenet_jax import input_pipeline
 from googlenet_jax import preemption
 from googlenet_jax import progress
@@ -263,8 +266,7 @@ def device_peak_memory() -> int | None:
 
 def measure(config) -> dict:
   """Every measurement, in one process, in the order of the table."""
-  results = {'matmul_peak_flops': matmul_peak(FLAGS.matmul_size,
-                                              jnp.dtype(config.dtype))}
+  results = {}
   host_state = train_state.create_train_state(
       jax.random.key(config.seed), config, train_state.create_model(config))
   p_train_step = steps.pmap_train_step(config)
@@ -277,6 +279,11 @@ def measure(config) -> dict:
   state, metrics = p_train_step(state, batch)
   jax.block_until_ready(metrics)
   results['time_to_first_step_s'] = time.perf_counter() - start
+  # The device's peak so far is one train step's, which XLA's memory analysis
+  # of the compiled step (as --mode=compile reports it) predicts.
+  results['first_step_device_peak_bytes'] = device_peak_memory()
+  results['compiled_needed_bytes'] = compile_report.needed_bytes(compiled.memory_analysis())
+  results['matmul_peak_flops'] = matmul_peak(FLAGS.matmul_size, jnp.dtype(config.dtype))
   results['flops'] = train_step_flops(config, state, batch, compiled)
 
   # The state is donated to each step: every run takes its own copy.
@@ -354,13 +361,19 @@ def format_table(info: dict, r: dict) -> str:
       ('% of matmul peak',
        f"{100 * r['achieved_flops_per_s'] / r['matmul_peak_flops']:.1f}"),
       ('host peak RSS (MiB)', f"{r['host_peak_rss_bytes'] / 2**20:.0f}"),
-      ('device peak (MiB)', 'n/a' if r['device_peak_bytes'] is None
-       else f"{r['device_peak_bytes'] / 2**20:.0f}"),
+      ('device peak (MiB)', mib(r['device_peak_bytes'])),
+      ('device peak, 1st step (MiB)', mib(r['first_step_device_peak_bytes'])),
+      ("compile's need (MiB)", mib(r['compiled_needed_bytes'])),
       # Other work on the machine slows every number above.
       ('load average, start/end', f"{info['load_average_at_start']:.1f} / "
        f"{r['load_average_at_end']:.1f}"),
   ]
   return '\n'.join(f'{name:<28}{value}' for name, value in rows)
+
+
+def mib(num_bytes: int | None) -> str:
+  """Bytes in MiB, or 'n/a' where the backend does not report them (a CPU)."""
+  return 'n/a' if num_bytes is None else f'{num_bytes / 2**20:.0f}'
 
 
 def format_rate(stats: dict) -> str:

@@ -142,6 +142,13 @@ for path in sys.argv[1:]:
         f"{100 * r['achieved_flops_per_s'] / r['matmul_peak_flops']:.1f}% of the "
         f"{info['dtype']} matmul peak ({r['matmul_peak_flops'] / 1e12:.3g} TFLOP/s), "
         f"eval {r['eval']['median']:.0f} images/s")
+  # The first step's peak against the compiled step's memory analysis: the
+  # check of --mode=compile's GPU figures (cuDNN's workspaces are not in them).
+  need, peak = r['compiled_needed_bytes'], r['first_step_device_peak_bytes']
+  print(f"memory {info['dtype']}, batch {info['batch_size']}: the compile says "
+        f"{need / 2**20:.0f} MiB per device, the device's peak after the first step " +
+        ('is not reported here' if peak is None
+         else f"was {peak / 2**20:.0f} MiB ({peak / need:.2f} of it)"))
 EOF
 
 # Trains $1 (a config name) in bfloat16 under a $2 s limit; summary.txt gets

@@ -55,13 +55,18 @@ def fit_rule(chip: accelerators.Chip) -> str:
           'not counted (nothing autotuned)')
 
 
+def needed_bytes(memory) -> int:
+  """Bytes a step needs on one device, from its compiled `memory_analysis()`."""
+  # Outputs aliased to (donated) arguments take no memory of their own.
+  return (memory.argument_size_in_bytes + memory.output_size_in_bytes
+          - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+          + memory.generated_code_size_in_bytes)
+
+
 def memory_per_chip(compiled_step, chip: accelerators.Chip) -> dict:
   """What a compiled step needs of one chip's memory: buffers, temporaries and code."""
   memory = compiled_step.memory_analysis()
-  # Outputs aliased to (donated) arguments take no memory of their own.
-  needed = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes + memory.temp_size_in_bytes
-            + memory.generated_code_size_in_bytes)
+  needed = needed_bytes(memory)
   result = {'argument_bytes': memory.argument_size_in_bytes,
             'output_bytes': memory.output_size_in_bytes,
             'alias_bytes': memory.alias_size_in_bytes,

@@ -46,6 +46,11 @@ def test_device_check_runs_end_to_end(tmp_path):
   results = json.loads((out / 'bench_bfloat16_16.json').read_text())['results']
   assert results['host_ms_per_step'] > 0
   assert results['pipeline_images_per_sec'] > 0
+  assert results['compiled_needed_bytes'] > 0
+  # A CPU reports no peak; a GPU's is set beside the compile's figure.
+  assert re.search(r"^memory bfloat16, batch 16: the compile says \d+ MiB per device, "
+                   r"the device's peak after the first step is not reported here$",
+                   summary, re.M), summary
   lines = (out / 'fmnist96.metrics.jsonl').read_text().splitlines()
   assert 0 <= json.loads(lines[-1])['test_accuracy'] <= 1
   assert re.search(r'^fmnist96: \d+ s to epoch 1 \(step 2\), test accuracy', summary,

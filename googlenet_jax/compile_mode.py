@@ -15,9 +15,11 @@ finds the largest per-chip batch whose train step fits (largest_batch).
 """
 
 import dataclasses
+import functools
 import json
 import re
 import time
+from typing import Callable, Sequence
 
 from absl import logging
 from etils import epath
@@ -38,23 +40,26 @@ from googlenet_jax.accelerators import Accelerator
 from googlenet_jax.compile_report import CompiledStep
 from googlenet_jax.errors import UserError
 
-STEP_FUNCTIONS = {'train': steps.pmap_train_step, 'eval': steps.pmap_eval_step}
-
-
 @dataclasses.dataclass(frozen=True)
 class Target:
-  """What the steps are compiled for: the accelerator, its devices, the state's shapes."""
+  """What the steps are compiled for: the accelerator, its devices, the state's shapes.
+
+  `steps` makes the config's 'train' and 'eval' step pmapped over given devices.
+  """
   accelerator: Accelerator
   devices: list[jax.Device]
   state: train_state.TrainState  # Replicated, as ShapeDtypeStructs.
+  steps: dict[str, Callable[[Sequence[jax.Device]], Callable]]
 
 
 def make_target(config: ml_collections.ConfigDict, accelerator: Accelerator) -> Target:
-  """The accelerator's compile-only devices and the train state replicated over them."""
+  """The accelerator's compile-only devices, the replicated train state, the steps."""
   devices = topologies.devices(accelerator)
   model = train_state.create_model(config, platform=devices[0].platform)
   state = replicated(train_state.abstract_train_state(config, model), len(devices))
-  return Target(accelerator, devices, state)
+  return Target(accelerator, devices, state,
+                {'train': functools.partial(steps.pmap_train_step, config),
+                 'eval': functools.partial(steps.pmap_eval_step, config)})
 
 
 def replicated(tree, num_devices: int):
@@ -63,8 +68,7 @@ def replicated(tree, num_devices: int):
       lambda x: jax.ShapeDtypeStruct((num_devices,) + x.shape, x.dtype), tree)
 
 
-def host_batch(config: ml_collections.ConfigDict, target: Target, kind: str,
-               batch_size: int) -> dict:
+def host_batch(target: Target, kind: str, batch_size: int) -> dict:
   """Host 0's first train or eval batch, as its input pipeline shapes it.
 
   Zero images stand in for Fashion-MNIST: only shapes and dtypes matter.
@@ -104,18 +108,17 @@ class OutOfMemory(UserError):
     self.needed_bytes = needed_bytes
 
 
-def compile_step(config: ml_collections.ConfigDict, target: Target, kind: str,
-                 batch_size: int) -> CompiledStep:
+def compile_step(target: Target, kind: str, batch_size: int) -> CompiledStep:
   """The `kind` step lowered and compiled for the target at `batch_size`.
 
   Raises:
     OutOfMemory: the step does not fit in a chip's memory.
   """
-  batch = host_batch(config, target, kind, batch_size)
-  pmap_step = STEP_FUNCTIONS[kind]
+  batch = host_batch(target, kind, batch_size)
+  pmap_step = target.steps[kind]
   args = (target.state, all_hosts_batch(batch, target.accelerator.hosts))
   start = time.perf_counter()
-  lowered = pmap_step(config, target.devices).lower(*args)
+  lowered = pmap_step(target.devices).lower(*args)
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
@@ -146,14 +149,14 @@ def compile_steps(config: ml_collections.ConfigDict, target: Target) -> dict:
     UserError: a batch does not split over the chips, or a step does not fit.
   """
   validation.check_batch_sizes(config, len(target.devices))
-  train = compile_step(config, target, 'train', config.batch_size)
-  evaluation = compile_step(config, target, 'eval', config.eval_batch_size)
+  train = compile_step(target, 'train', config.batch_size)
+  evaluation = compile_step(target, 'eval', config.eval_batch_size)
   accelerator = target.accelerator
   return {'info': compile_report.describe(config, accelerator, target.devices),
           'input_shapes': {'train': shapes(train.host_batch),
                            'eval': shapes(evaluation.host_batch)},
-          'train': compile_report.analyse(config, accelerator, train),
-          'eval': compile_report.analyse(config, accelerator, evaluation)}
+          'train': compile_report.analyse(accelerator, train),
+          'eval': compile_report.analyse(accelerator, evaluation)}
 
 
 def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
@@ -165,7 +168,7 @@ def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
   report = compile_steps(config, target)
   if find_largest_batch:
     report['largest_batch'] = largest_batch.find(
-        report, lambda per_chip: train_step_memory(config, target, per_chip),
+        report, lambda per_chip: train_step_memory(target, per_chip),
         accelerator)
   path = epath.Path(workdir) / 'compile.json'
   path.write_text(json.dumps(report, indent=2))
@@ -174,12 +177,11 @@ def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
   return report
 
 
-def train_step_memory(config: ml_collections.ConfigDict, target: Target,
-                      per_chip_batch: int) -> dict:
+def train_step_memory(target: Target, per_chip_batch: int) -> dict:
   """The train step compiled at `per_chip_batch`: what a chip needs, whether it fits."""
   start = time.perf_counter()
   try:
-    step = compile_step(config, target, 'train', per_chip_batch * len(target.devices))
+    step = compile_step(target, 'train', per_chip_batch * len(target.devices))
   except OutOfMemory as e:
     return {'per_chip_batch_size': per_chip_batch, 'needed_bytes': e.needed_bytes,
             'fits': False, 'compile_s': time.perf_counter() - start}

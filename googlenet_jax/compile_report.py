@@ -39,7 +39,7 @@ class CompiledStep:
   kind: str  # 'train' or 'eval'.
   batch_size: int
   host_batch: dict  # Host 0's share of the batch, as its input pipeline makes it.
-  pmap_step: Callable  # steps.pmap_train_step or steps.pmap_eval_step.
+  pmap_step: Callable  # The step pmapped over the devices it is given.
   args: tuple  # The replicated state and every host's batch, as ShapeDtypeStructs.
   lowered: jax.stages.Lowered
   compiled: jax.stages.Compiled
@@ -125,8 +125,7 @@ def describe(config: ml_collections.ConfigDict, accelerator: Accelerator,
   return info
 
 
-def analyse(config: ml_collections.ConfigDict, accelerator: Accelerator,
-            step: CompiledStep) -> dict:
+def analyse(accelerator: Accelerator, step: CompiledStep) -> dict:
   """A compiled step's memory, FLOPs, time estimate, convolutions and collectives."""
   text = step.compiled.as_text()
   report = {
@@ -141,7 +140,7 @@ def analyse(config: ml_collections.ConfigDict, accelerator: Accelerator,
   if accelerator.platform == 'tpu':
     report.update(tpu_analysis(accelerator, step))
   else:
-    report.update(gpu_analysis(config, accelerator, step))
+    report.update(gpu_analysis(accelerator, step))
   return report
 
 
@@ -163,10 +162,9 @@ def tpu_analysis(accelerator: Accelerator, step: CompiledStep) -> dict:
   }
 
 
-def gpu_analysis(config: ml_collections.ConfigDict, accelerator: Accelerator,
-                 step: CompiledStep) -> dict:
+def gpu_analysis(accelerator: Accelerator, step: CompiledStep) -> dict:
   """A compiled GPU step's FLOPs and cuDNN calls; no cost model exists to ask."""
-  flops_per_chip = unoptimised_flops_per_chip(config, step)
+  flops_per_chip = unoptimised_flops_per_chip(step)
   text = step.compiled.as_text()
   return {
       'flops': flops_per_chip * accelerator.chips, 'flops_per_chip': flops_per_chip,
@@ -178,7 +176,7 @@ def gpu_analysis(config: ml_collections.ConfigDict, accelerator: Accelerator,
   }
 
 
-def unoptimised_flops_per_chip(config: ml_collections.ConfigDict, step: CompiledStep) -> float:
+def unoptimised_flops_per_chip(step: CompiledStep) -> float:
   """One chip's FLOPs of the step, by XLA's CPU cost analysis before optimisation.
 
   The same step pmapped over one CPU device, with one chip's share of the
@@ -186,7 +184,7 @@ def unoptimised_flops_per_chip(config: ml_collections.ConfigDict, step: Compiled
   """
   one_chip = lambda tree: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype), tree)
-  lowered = step.pmap_step(config, jax.devices('cpu')[:1]).lower(
+  lowered = step.pmap_step(jax.devices('cpu')[:1]).lower(
       *(one_chip(arg) for arg in step.args))
   return float(lowered.cost_analysis()['flops'])
 

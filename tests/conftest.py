@@ -33,7 +33,13 @@ IMAGE_SIZE = 32  # The smallest size at which the chapter's network still works.
 
 @pytest.fixture(scope='session')
 def config(tmp_path_factory):
-  """The chapter's config on 50/23 generated examples, 32x32, batches of 16."""
+  """The chapter's config on 50/23 generated examples, 32x32, batches of 16.
+
+  The network is the chapter's with its first Inception block only
+  (googlenet_1block): what these tests check (checkpoints, hosts, faults, the
+  loop) does not depend on the depth, and its train step compiles in a quarter
+  of the time. Tests of the network itself set model='googlenet'.
+  """
   source_dir = tmp_path_factory.mktemp('idx')
   write_dataset(source_dir)
   config = runpy.run_path(os.path.join(REPO, 'configs/fmnist96.py'))['get_config']()
@@ -45,6 +51,7 @@ def config(tmp_path_factory):
   config.eval_batch_size = 16
   config.num_epochs = 2
   config.learning_rate = 0.05
+  config.model = 'googlenet_1block'
   # lax.conv, the form of GPUs and TPUs; tests of the CPU's matmul form choose it.
   config.conv_lowering = 'xla'
   config.compilation_cache_dir = COMPILATION_CACHE_DIR
@@ -57,16 +64,16 @@ def config_flags(config) -> list[str]:
           if value is not None and not isinstance(value, (dict, list, tuple))]
 
 
-def start_main(workdir, config, *args, num_devices=8,
-               tpu_vm_env=None) -> subprocess.Popen:
+def start_main(workdir, config, *args, num_devices=8, tpu_vm_env=None,
+               xla_flags='') -> subprocess.Popen:
   """Starts main.py with `config` in a fresh process that sees `num_devices` CPUs.
 
   With `config` None, main.py gets no --config flag: only `args`. With
   `tpu_vm_env` (cloud_tpu_vm.TpuVmHost.environ), it runs as that host of a Cloud TPU
-  VM, through tests/cloud_tpu_vm.py.
+  VM, through tests/cloud_tpu_vm.py. `xla_flags` are more XLA_FLAGS.
   """
   env = dict(os.environ, **(tpu_vm_env or {}),
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices} {xla_flags}')
   config_args = [] if config is None else ['--config=configs/fmnist96.py',
                                            *config_flags(config)]
   program = 'tests/cloud_tpu_vm.py' if tpu_vm_env else 'main.py'

@@ -18,9 +18,10 @@ def test_device_check_runs_end_to_end(tmp_path):
   write_dataset(source_dir)
   out = tmp_path / 'out'
   # Its subprocesses see one CPU device. Compiling takes most of the time, so
-  # the benchmark runs in bfloat16 only, one compilation cache serves every
-  # stage (training fmnist96 in bfloat16 loads the benchmark's steps), and the
-  # optional fmnist96_best, a model of its own to compile, is skipped.
+  # the network is conftest's one-block GoogLeNet, the benchmark runs in
+  # bfloat16 only, one compilation cache serves every stage (training fmnist96
+  # in bfloat16 loads the benchmark's steps), and the optional fmnist96_best,
+  # a model of its own to compile, is skipped.
   env = dict(
       os.environ, PYTHON=sys.executable, OUT=str(out), SOURCE_DIR=str(source_dir),
       WHEELS_DIR=str(tmp_path / 'wheels'),  # None: the packages are installed.
@@ -29,7 +30,8 @@ def test_device_check_runs_end_to_end(tmp_path):
       STEPS='2', TRAIN_STEPS='2', BEST='false',
       STAGE_LIMITS='false',  # The limits are a GPU's: a busy CPU may take longer.
       BENCH_FLAGS='--matmul_size=256 --host_steps=5',
-      CONFIG_FLAGS=(f'--config.image_size=32 --config.batch_size=16 '
+      CONFIG_FLAGS=(f'--config.model=googlenet_1block '
+                    f'--config.image_size=32 --config.batch_size=16 '
                     f'--config.eval_batch_size=16 '
                     f'--config.conv_lowering=xla '
                     f'--config.compilation_cache_dir={tmp_path / "cache"}'),

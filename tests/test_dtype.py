@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from googlenet_jax import compile_mode
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
 from googlenet_jax import predict
@@ -36,15 +37,15 @@ def test_bfloat16_logits_are_within_2_percent_of_float32():
 
 
 def convolution_operand_types(config) -> set[str]:
-  """Element types of every convolution's operands in the lowered train step."""
-  state = train_state.create_train_state(jax.random.key(0), config,
-                                         train_state.create_model(config))
+  """Element types of every convolution's operands in the chapter's lowered train step."""
+  config = config.copy_and_resolve_references()
+  config.model = 'googlenet'  # Shapes, lowered only: the whole network costs little.
+  state = train_state.abstract_train_state(config, train_state.create_model(config))
   batch = {'image': np.zeros((1, 2, 28, 28, 1), np.uint8),
            'label': np.zeros((1, 2), np.int32)}
-  one = jax.devices()[:1]
-  text = jax.pmap(steps.train_step, axis_name=sharding.AXIS, devices=one,
+  text = jax.pmap(steps.train_step, axis_name=sharding.AXIS, devices=jax.devices()[:1],
                   static_broadcasted_argnums=(2,)).lower(
-                      sharding.replicate(state, one), batch, IMAGE_SIZE).as_text()
+                      compile_mode.replicated(state, 1), batch, IMAGE_SIZE).as_text()
   # (tensor<2x32x32x1xbf16>, tensor<7x7x1x64xbf16>) -> ...: the operands' types.
   operands = re.findall(r'stablehlo\.convolution.*?: \(tensor<[^>]*x(\w+)>, '
                         r'tensor<[^>]*x(\w+)>\)', text)

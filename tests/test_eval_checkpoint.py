@@ -84,6 +84,6 @@ def test_a_flag_that_changes_the_network_is_one_line(config, momentum_run):
   assert result.returncode == 1
   assert result.stderr.splitlines()[-1] == (
       f"Error: config.model is 'googlenet_bn', but the checkpoint at step 2 in "
-      f"{momentum_run}/checkpoints was written with model='googlenet': run with "
-      '--config.model=googlenet, or without the flag.')
+      f"{momentum_run}/checkpoints was written with model='{config.model}': run with "
+      f'--config.model={config.model}, or without the flag.')
   assert 'Traceback' not in result.stderr

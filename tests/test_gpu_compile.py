@@ -14,7 +14,7 @@ import jax
 import pytest
 
 from compile_runs import (compile_for, flops_per_image, num_conv_layers, num_params,
-                          second_host_input)
+                          second_host_input, xla_flags)
 from conftest import REPO, run_main
 from googlenet_jax import accelerators
 from googlenet_jax import largest_batch
@@ -114,17 +114,18 @@ def test_compile_for_two_gpu_hosts_takes_each_hosts_input(two_hosts):
 
 @needs_cuda_plugin
 def test_a_batch_beyond_what_jax_preallocates_is_one_line(config, tmp_path):
-  # 8 images of 4096x4096 per GPU need 67.76 GiB: less than an H100's 79.11 GiB,
-  # more than the 75% of it that JAX preallocates. The compile itself succeeds.
+  # 16 images of 4096x4096 per GPU need 73.29 GiB (conftest's one-block
+  # network): less than an H100's 79.11 GiB, more than the 75% of it that JAX
+  # preallocates. The compile itself succeeds.
   result = run_main(tmp_path, config, '--mode=compile', '--topology=h100-8',
-                    '--config.image_size=4096', '--config.batch_size=64',
-                    '--config.dtype=float32', num_devices=1)
+                    '--config.image_size=4096', '--config.batch_size=128',
+                    '--config.dtype=float32', num_devices=1, xla_flags=xla_flags('h100-8'))
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith('Error:')]
   assert len(errors) == 1, result.stderr[-3000:]
   match = re.fullmatch(
-      r'Error: The train step at batch 64 \(8 per chip\) does not fit on h100-8: a chip '
+      r'Error: The train step at batch 128 \(16 per chip\) does not fit on h100-8: a chip '
       r'would need ([\d.]+) GiB and a step may use 59\.33 GiB \(75% of its 79\.11 GiB, '
       r'what JAX preallocates\); use a smaller --config\.batch_size\.', errors[0])
   assert match, errors[0]

@@ -66,10 +66,11 @@ def test_a_stop_mid_epoch_reports_the_epoch_after_the_resume(
 
 @pytest.fixture
 def small_disk(tmp_path):
-  """A 30 MB file system: room for one checkpoint of `config` (22 MB), not two."""
+  """A 3 MiB file system: room to save one checkpoint of `config` (1 MiB, with 1 MiB
+  more free, as a save asks), not two."""
   mount = tmp_path / 'disk'
   mount.mkdir()
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=30m', 'tmpfs', str(mount)],
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mount)],
                            capture_output=True, text=True)
   if mounted.returncode:
     pytest.skip(f'Cannot mount a tmpfs (the tests need root): {mounted.stderr.strip()}')
@@ -94,7 +95,7 @@ def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes(
   assert len(closed_writers) == 1 and closed_writers[0].closed
   assert sorted(os.listdir(checkpoints)) == ['1']
   # With space freed, the same command resumes from step 1.
-  subprocess.run(['mount', '-o', 'remount,size=80m', str(small_disk)], check=True)
+  subprocess.run(['mount', '-o', 'remount,size=8m', str(small_disk)], check=True)
   train.train_and_evaluate(two_steps, str(workdir))
   assert sorted(os.listdir(checkpoints)) == ['1', '2']
   assert logged_epochs(workdir) == [(1, 2)]

@@ -37,7 +37,8 @@ NUM_MAX_POOLS = 13
 
 @pytest.fixture(scope='module')
 def single_host(config, tmp_path_factory):
-  """v5litepod-8 (8 chips, one host) in bfloat16, compiled on a TPU VM (simulated).
+  """v5litepod-8 (8 chips, one host) in bfloat16, the chapter's network, compiled on a
+  TPU VM (simulated).
 
   Returns compile_for's config, report and stdout, and the paths the VM's
   metadata server was asked.
@@ -45,7 +46,8 @@ def single_host(config, tmp_path_factory):
   vm, = cloud_tpu_vm.slice_of_hosts(1, tmp_path_factory.mktemp('vm'))
   try:
     compiled = compile_for(config, tmp_path_factory, 'v5litepod-8',
-                           tpu_vm_env=vm.environ(free_port()), dtype='bfloat16')
+                           tpu_vm_env=vm.environ(free_port()), dtype='bfloat16',
+                           model='googlenet')
   finally:
     vm.stop()
   return (*compiled, vm.metadata.requests)
@@ -53,8 +55,8 @@ def single_host(config, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def pod(config, tmp_path_factory):
-  """v4-16 (8 chips on two hosts) in float32."""
-  return compile_for(config, tmp_path_factory, 'v4-16', dtype='float32')
+  """v4-16 (8 chips on two hosts) in float32, the chapter's network."""
+  return compile_for(config, tmp_path_factory, 'v4-16', dtype='float32', model='googlenet')
 
 
 def check_report(config, report, topology, chips, hosts, device):

@@ -126,7 +126,8 @@ def test_conv_as_matmul_gives_lax_conv_and_its_gradients(kernel, stride, padding
                                         precision='highest')
   def matmul(x, w):
     return conv_lowering.conv_as_matmul(x, w, (stride, stride), pads, 'highest')
-  chex.assert_trees_all_close(matmul(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
+  # Jitted: op by op, each of the k x k windows' slices would compile apart.
+  chex.assert_trees_all_close(jax.jit(matmul)(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
   grads = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
   chex.assert_trees_all_close(grads(matmul), grads(lax_conv), rtol=1e-4, atol=1e-4)
 
@@ -146,7 +147,8 @@ def test_indexed_max_pool_gives_max_pool_and_its_gradient(window, stride, paddin
   padded = jnp.pad(x, ((0, 0), *args[2], (0, 0)), constant_values=-jnp.inf)
   maxima = sum(view == pooled for _, view in conv_lowering.windows(padded, *args[:2]))
   assert jnp.sum(maxima > 1) > 20
-  chex.assert_trees_all_equal(conv_lowering.indexed_max_pool(x, *args), pooled)
+  indexed_max_pool = jax.jit(conv_lowering.indexed_max_pool, static_argnums=(1, 2, 3))
+  chex.assert_trees_all_equal(indexed_max_pool(x, *args), pooled)
   g = jax.random.normal(jax.random.key(1), pooled.shape)
   grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x, *args) * g)))(x)
   chex.assert_trees_all_close(grad(conv_lowering.indexed_max_pool), grad(nn.max_pool),

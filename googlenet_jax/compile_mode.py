@@ -40,6 +40,7 @@ from googlenet_jax.accelerators import Accelerator
 from googlenet_jax.compile_report import CompiledStep
 from googlenet_jax.errors import UserError
 
+
 @dataclasses.dataclass(frozen=True)
 class Target:
   """What the steps are compiled for: the accelerator, its devices, the state's shapes.

@@ -38,7 +38,7 @@ def config(tmp_path_factory):
   The network is the chapter's with its first Inception block only
   (googlenet_1block): what these tests check (checkpoints, hosts, faults, the
   loop) does not depend on the depth, and its train step compiles in a quarter
-  of the time. Tests of the network itself set model='googlenet'.
+  of the time. Tests of the network itself take the chapter's GoogLeNet.
   """
   source_dir = tmp_path_factory.mktemp('idx')
   write_dataset(source_dir)

@@ -1,8 +1,8 @@
 """Parameters and compute of the chapter's networks and the variants (`--mode=compare`).
 
 The chapter's exercises 4 and 5: AlexNet, VGG-11 and NiN as D2L defines them,
-the chapter's GoogLeNet and every model in `models.MODELS`, each at 224x224 and
-96x96 with one input channel and 10 classes. Multiply-adds are half of XLA's
+the chapter's GoogLeNet and every model in `models.MODELS` but the tests' own,
+each at 224x224 and 96x96 with one input channel and 10 classes. Multiply-adds are half of XLA's
 FLOPs; XLA skips those that fall on padding, so padded convs read a bit low.
 """
 
@@ -24,12 +24,12 @@ class Cost(NamedTuple):
 
 
 def compared_models(num_classes: int = 10) -> dict[str, object]:
-  """The classic networks, then every registered model, by name."""
+  """The classic networks, then every registered model but the tests', by name."""
   return {'alexnet': classic.AlexNet(num_classes),
           'vgg11': classic.VGG(num_classes=num_classes),
           'nin': classic.NiN(num_classes),
           **{name: model(num_classes=num_classes)
-             for name, model in models.MODELS.items()}}
+             for name, model in models.MODELS.items() if name not in models.TEST_MODELS}}
 
 
 def multiply_adds(model, image_size: int) -> float:

@@ -116,6 +116,9 @@ def test_variant_gives_logits_and_its_parameter_count(name):
 
 def test_registry_names_every_model():
   assert set(models.MODELS) == set(PARAMS) == set(models.MIN_IMAGE_SIZE)
+  # --mode=compare shows the classic networks and every model but the tests'.
+  assert set(compare.compared_models()) == (
+      {'alexnet', 'vgg11', 'nin'} | set(models.MODELS) - {'googlenet_1block'})
 
 
 def test_the_derived_count_is_the_chapters():

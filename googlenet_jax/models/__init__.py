@@ -18,6 +18,9 @@ MODELS = {
     'inception_v3': InceptionV3,
 }
 
+# Models for the tests alone: no exercise, so --mode=compare leaves them out.
+TEST_MODELS = frozenset({'googlenet_1block'})
+
 # The smallest image_size at which every layer of the model still has H, W >= 1
 # (checked by summary.smallest_image_size in tests/test_variants.py). Symmetric
 # padding makes each stride-2 conv or pool of the GoogLeNets map H to ceil(H/2),

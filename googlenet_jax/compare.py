@@ -2,8 +2,9 @@
 
 The chapter's exercises 4 and 5: AlexNet, VGG-11 and NiN as D2L defines them,
 the chapter's GoogLeNet and every model in `models.MODELS` but the tests' own,
-each at 224x224 and 96x96 with one input channel and 10 classes. Multiply-adds are half of XLA's
-FLOPs; XLA skips those that fall on padding, so padded convs read a bit low.
+each at 224x224 and 96x96 with one input channel and 10 classes. Multiply-adds
+are half of XLA's FLOPs; XLA skips those that fall on padding, so padded convs
+read a bit low.
 """
 
 from typing import NamedTuple

@@ -125,17 +125,24 @@ def init_variables(model, image_size: int, rng: jax.Array):
   return _initializer(model, image_size)(rng)
 
 
+def jit_run_once(fn: Callable) -> Callable:
+  """`fn` jitted as a program that runs once, as initialisers do.
+
+  On a CPU it is compiled unoptimised: XLA's CPU backend takes about 1.3 s to
+  optimise each threefry draw (GoogLeNet's initialisers: 11.5 -> 4.8 s), and
+  the program then runs in well under a second.
+  """
+  unoptimised = {'xla_backend_optimization_level': 0}
+  return jax.jit(fn, compiler_options=unoptimised if jax.default_backend() == 'cpu' else None)
+
+
 @functools.lru_cache(maxsize=None)  # Traced once per model and size in a process.
 def _initializer(model, image_size: int) -> Callable:
   # Only the images' shape: the compiled program holds the initialisers alone,
   # not the forward pass, so every image size, dtype and form of a model shares
-  # it (and the compilation cache's copy of it). The initialisers run once:
-  # unoptimised, XLA's CPU backend compiles them in under half the time
-  # (GoogLeNet: 11.5 -> 4.8 s) and runs them in 0.3 s.
+  # it (and the compilation cache's copy of it).
   images = one_image(image_size)
-  unoptimised = {'xla_backend_optimization_level': 0}
-  return jax.jit(lambda rng: model.lazy_init(rng, images), compiler_options=(
-      unoptimised if jax.default_backend() == 'cpu' else None))
+  return jit_run_once(lambda rng: model.lazy_init(rng, images))
 
 
 def create_train_state(rng: jax.Array, config: ml_collections.ConfigDict,

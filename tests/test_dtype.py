@@ -16,7 +16,7 @@ from googlenet_jax import steps
 from googlenet_jax import train
 from googlenet_jax import train_state
 from googlenet_jax.models import GoogLeNet
-from conftest import IMAGE_SIZE
+from conftest import IMAGE_SIZE, uniform
 from fake_data import NUM_TEST, NUM_TRAIN
 
 
@@ -27,7 +27,7 @@ def with_dtype(config, dtype):
 
 
 def test_bfloat16_logits_are_within_2_percent_of_float32():
-  images = jax.random.uniform(jax.random.key(3), (4, IMAGE_SIZE, IMAGE_SIZE, 1))
+  images = uniform((4, IMAGE_SIZE, IMAGE_SIZE, 1), seed=3)
   variables = train_state.init_variables(GoogLeNet(), IMAGE_SIZE, jax.random.key(0))
   logits32 = jax.jit(GoogLeNet().apply)(variables, images)
   logits16 = jax.jit(GoogLeNet(dtype=jnp.bfloat16).apply)(variables, images)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import normal, uniform
 from googlenet_jax import summary
 from googlenet_jax import train_state
 from googlenet_jax.models import ConvBlock, GoogLeNet, Inception, conv_lowering
@@ -24,8 +25,9 @@ def test_inception_keeps_height_width_and_sums_channels():
 
 def test_inception_branches_are_relu_outputs():
   block = Inception(4, (3, 5), (2, 6), 7)
-  images = jax.random.normal(jax.random.key(1), (1, 5, 5, 3))
-  out = jax.jit(block.apply)(jax.jit(block.init)(jax.random.key(0), images), images)
+  images = normal((1, 5, 5, 3), seed=1)
+  variables = train_state.jit_run_once(block.init)(jax.random.key(0), images)
+  out = jax.jit(block.apply)(variables, images)
   chex.assert_shape(out, (1, 5, 5, 22))
   assert jnp.all(out >= 0)
 
@@ -54,7 +56,8 @@ def test_kernels_are_xavier_uniform_and_biases_zero():
   # b2's 3x3 conv, 64 -> 192, built as GoogLeNet builds it (the full network's
   # init would cost a compile of every layer's initialiser for one kernel).
   conv = ConvBlock(192, 3, conv=GoogLeNet().conv)
-  variables = jax.jit(conv.init)(jax.random.key(0), jnp.zeros((1, 12, 12, 64)))
+  variables = train_state.jit_run_once(conv.init)(jax.random.key(0),
+                                                  jnp.zeros((1, 12, 12, 64)))
   params = variables['params']['Conv_0']
   kernel = params['kernel']
   assert kernel.shape == (3, 3, 64, 192)
@@ -85,11 +88,12 @@ def flax_same_b1(params, images):
 
 
 def test_strided_conv_and_pool_pad_symmetrically_not_like_same():
-  images = jax.random.uniform(jax.random.key(2), (2, 96, 96, 1))
+  images = uniform((2, 96, 96, 1), seed=2)
   # GoogLeNet's b1 as the network builds it, initialised and applied alone.
   model = GoogLeNet()
   stem = lambda module, x: module.b1(x)
-  variables = jax.jit(functools.partial(model.init, method=stem))(jax.random.key(0), images)
+  variables = train_state.jit_run_once(functools.partial(model.init, method=stem))(
+      jax.random.key(0), images)
   b1 = jax.jit(functools.partial(model.apply, method=stem))(variables, images)
   params = variables['params']['b1']['layers_0']['Conv_0']
   chex.assert_trees_all_close(b1, symmetric_reference_b1(params, images), atol=1e-5)
@@ -114,8 +118,8 @@ CONV_CASES = [  # (kernel, stride, padding): the shapes the models use.
 
 @pytest.mark.parametrize('kernel, stride, padding', CONV_CASES)
 def test_conv_as_matmul_gives_lax_conv_and_its_gradients(kernel, stride, padding):
-  x = jax.random.normal(jax.random.key(0), (2, 13, 13, 3))
-  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+  x = normal((2, 13, 13, 3), seed=0)
+  w = normal((kernel, kernel, 3, 4), seed=1)
   pads = ((padding, padding), (padding, padding))
   def lax_conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
@@ -138,7 +142,7 @@ def test_indexed_max_pool_gives_max_pool_and_its_gradient(window, stride, paddin
   # ReLU outputs on a coarse grid, as the networks' pools see: many windows
   # hold their maximum twice or more (0 above all), where the gradient must
   # still go to the first one only.
-  x = jnp.round(4 * jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 13, 13, 3)))) / 4
+  x = np.round(4 * np.maximum(normal((2, 13, 13, 3), seed=0), 0)) / 4
   args = ((window, window), (stride, stride), ((padding, padding),) * 2)
   pooled = nn.max_pool(x, *args)
   padded = jnp.pad(x, ((0, 0), *args[2], (0, 0)), constant_values=-jnp.inf)
@@ -146,14 +150,14 @@ def test_indexed_max_pool_gives_max_pool_and_its_gradient(window, stride, paddin
   assert jnp.sum(maxima > 1) > 20
   indexed_max_pool = jax.jit(conv_lowering.indexed_max_pool, static_argnums=(1, 2, 3))
   chex.assert_trees_all_equal(indexed_max_pool(x, *args), pooled)
-  g = jax.random.normal(jax.random.key(1), pooled.shape)
+  g = normal(pooled.shape, seed=1)
   grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x, *args) * g)))(x)
   chex.assert_trees_all_close(grad(conv_lowering.indexed_max_pool), grad(nn.max_pool),
                               atol=1e-6)
 
 
 def test_googlenet_gives_the_same_logits_in_both_forms():
-  images = jax.random.uniform(jax.random.key(3), (2, 32, 32, 1))
+  images = uniform((2, 32, 32, 1), seed=3)
   variables = train_state.init_variables(GoogLeNet(), 32, jax.random.key(0))
   logits = {form: jax.jit(googlenet_in(form).apply)(variables, images)
             for form in ('xla', 'matmul')}

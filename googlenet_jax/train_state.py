@@ -125,15 +125,17 @@ def init_variables(model, image_size: int, rng: jax.Array):
   return _initializer(model, image_size)(rng)
 
 
-def jit_run_once(fn: Callable) -> Callable:
-  """`fn` jitted as a program that runs once, as initialisers do.
+def jit_run_once(fn: Callable, **jit_kwargs) -> Callable:
+  """`fn` jitted (with `jit_kwargs`) as a program that runs once, as initialisers do.
 
   On a CPU it is compiled unoptimised: XLA's CPU backend takes about 1.3 s to
   optimise each threefry draw (GoogLeNet's initialisers: 11.5 -> 4.8 s), and
-  the program then runs in well under a second.
+  such a program then runs in well under a second. The tests' one-off programs
+  take it too.
   """
   unoptimised = {'xla_backend_optimization_level': 0}
-  return jax.jit(fn, compiler_options=unoptimised if jax.default_backend() == 'cpu' else None)
+  return jax.jit(fn, compiler_options=unoptimised if jax.default_backend() == 'cpu' else None,
+                 **jit_kwargs)
 
 
 @functools.lru_cache(maxsize=None)  # Traced once per model and size in a process.

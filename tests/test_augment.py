@@ -19,7 +19,7 @@ from conftest import IMAGE_SIZE
 
 KEYS = jax.random.split(jax.random.key(0), 64)
 ALL = augment.Augmentation(crop_padding=3, flip=True, erase_probability=0.5)
-augment_batch = jax.jit(augment.augment_batch, static_argnums=0)
+augment_batch = train_state.jit_run_once(augment.augment_batch, static_argnums=0)
 
 
 def random_images(n, seed=0):

@@ -27,7 +27,7 @@ def test_inception_branches_are_relu_outputs():
   block = Inception(4, (3, 5), (2, 6), 7)
   images = normal((1, 5, 5, 3), seed=1)
   variables = train_state.jit_run_once(block.init)(jax.random.key(0), images)
-  out = jax.jit(block.apply)(variables, images)
+  out = train_state.jit_run_once(block.apply)(variables, images)
   chex.assert_shape(out, (1, 5, 5, 22))
   assert jnp.all(out >= 0)
 
@@ -94,7 +94,7 @@ def test_strided_conv_and_pool_pad_symmetrically_not_like_same():
   stem = lambda module, x: module.b1(x)
   variables = train_state.jit_run_once(functools.partial(model.init, method=stem))(
       jax.random.key(0), images)
-  b1 = jax.jit(functools.partial(model.apply, method=stem))(variables, images)
+  b1 = train_state.jit_run_once(functools.partial(model.apply, method=stem))(variables, images)
   params = variables['params']['b1']['layers_0']['Conv_0']
   chex.assert_trees_all_close(b1, symmetric_reference_b1(params, images), atol=1e-5)
   same = flax_same_b1(params, images)
@@ -128,8 +128,9 @@ def test_conv_as_matmul_gives_lax_conv_and_its_gradients(kernel, stride, padding
   def matmul(x, w):
     return conv_lowering.conv_as_matmul(x, w, (stride, stride), pads, 'highest')
   # Jitted: op by op, each of the k x k windows' slices would compile apart.
-  chex.assert_trees_all_close(jax.jit(matmul)(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
-  grads = lambda f: jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
+  jit = train_state.jit_run_once
+  chex.assert_trees_all_close(jit(matmul)(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
+  grads = lambda f: jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1)))(x, w)
   chex.assert_trees_all_close(grads(matmul), grads(lax_conv), rtol=1e-4, atol=1e-4)
 
 
@@ -148,10 +149,11 @@ def test_indexed_max_pool_gives_max_pool_and_its_gradient(window, stride, paddin
   padded = jnp.pad(x, ((0, 0), *args[2], (0, 0)), constant_values=-jnp.inf)
   maxima = sum(view == pooled for _, view in conv_lowering.windows(padded, *args[:2]))
   assert jnp.sum(maxima > 1) > 20
-  indexed_max_pool = jax.jit(conv_lowering.indexed_max_pool, static_argnums=(1, 2, 3))
+  jit = train_state.jit_run_once
+  indexed_max_pool = jit(conv_lowering.indexed_max_pool, static_argnums=(1, 2, 3))
   chex.assert_trees_all_equal(indexed_max_pool(x, *args), pooled)
   g = normal(pooled.shape, seed=1)
-  grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x, *args) * g)))(x)
+  grad = lambda pool: jit(jax.grad(lambda x: jnp.sum(pool(x, *args) * g)))(x)
   chex.assert_trees_all_close(grad(conv_lowering.indexed_max_pool), grad(nn.max_pool),
                               atol=1e-6)
 
@@ -159,7 +161,7 @@ def test_indexed_max_pool_gives_max_pool_and_its_gradient(window, stride, paddin
 def test_googlenet_gives_the_same_logits_in_both_forms():
   images = uniform((2, 32, 32, 1), seed=3)
   variables = train_state.init_variables(GoogLeNet(), 32, jax.random.key(0))
-  logits = {form: jax.jit(googlenet_in(form).apply)(variables, images)
+  logits = {form: train_state.jit_run_once(googlenet_in(form).apply)(variables, images)
             for form in ('xla', 'matmul')}
   chex.assert_trees_all_close(logits['matmul'], logits['xla'], rtol=1e-4, atol=1e-5)
 

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import normal, uniform
 from googlenet_jax import summary
 from googlenet_jax import train_state
 from googlenet_jax.models import ConvBlock, GoogLeNet, Inception, conv_lowering
+from conftest import normal, uniform
 
 
 def test_inception_keeps_height_width_and_sums_channels():

@@ -15,7 +15,7 @@ from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError
-from conftest import IMAGE_SIZE
+from conftest import IMAGE_SIZE, uniform
 
 KEYS = jax.random.split(jax.random.key(0), 64)
 ALL = augment.Augmentation(crop_padding=3, flip=True, erase_probability=0.5)
@@ -23,7 +23,7 @@ augment_batch = train_state.jit_run_once(augment.augment_batch, static_argnums=0
 
 
 def random_images(n, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).random((n, 28, 28, 1), np.float32))
+  return jnp.asarray(uniform((n, 28, 28, 1), seed))
 
 
 def test_random_crop_is_a_window_of_the_zero_padded_image():

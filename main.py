@@ -34,6 +34,7 @@ from googlenet_jax import compilation_cache
 from googlenet_jax import compile_mode
 from googlenet_jax import distributed
 from googlenet_jax import evaluate
+from googlenet_jax import experiment
 from googlenet_jax import predict
 from googlenet_jax import summary
 from googlenet_jax import topologies
@@ -85,14 +86,22 @@ def config_overrides() -> set[str]:
   return set(config_flags.get_override_values(FLAGS['config']))
 
 
+def checkpoint_inference(config) -> experiment.Inference:
+  """The checkpoint that --mode=eval and predict read: --checkpoint's, else --workdir's."""
+  return experiment.build_inference(config, FLAGS.workdir, FLAGS.checkpoint,
+                                    config_overrides())
+
+
 MODES = {
-    'train': train.train_and_evaluate,
+    'train': lambda config, workdir: train.train_and_evaluate(
+        experiment.build(config), workdir),
     'eval': lambda config, workdir: evaluate.evaluate_checkpoint(
-        config, workdir, FLAGS.checkpoint, config_overrides()),
+        checkpoint_inference(config), workdir),
     'predict': lambda config, workdir: predict.predict_checkpoint(
-        config, workdir, FLAGS.checkpoint, config_overrides()),
-    'summary': lambda config, workdir: print(summary.summary_table(config)),
-    'compare': lambda config, workdir: print(compare.comparison_table(config)),
+        checkpoint_inference(config), workdir),
+    'summary': lambda config, workdir: print(summary.summary_table(
+        experiment.create_model(config), config.model, experiment.image_shape(config))),
+    'compare': lambda config, workdir: print(compare.comparison_table(config.num_classes)),
     'compile': lambda config, workdir: compile_mode.compile_and_report(
         config, workdir, FLAGS.topology, FLAGS.largest_batch),
 }

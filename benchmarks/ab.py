@@ -24,9 +24,8 @@ import ml_collections
 
 from benchmarks import benchmark
 from googlenet_jax import compilation_cache
+from googlenet_jax import experiment
 from googlenet_jax import sharding
-from googlenet_jax import steps
-from googlenet_jax import train_state
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('field', None, 'The config field to vary, e.g. dtype.')
@@ -53,9 +52,8 @@ def config_with(config: ml_collections.ConfigDict, field: str,
 
 def variant(config: ml_collections.ConfigDict):
   """The pmapped train step, a replicated initial state and batches of `config`."""
-  state = train_state.create_train_state(jax.random.key(config.seed), config,
-                                         train_state.create_model(config))
-  return (steps.pmap_train_step(config), sharding.replicate(state),
+  built = experiment.build(config, load_data=False)
+  return (built.p_train_step, sharding.replicate(built.initial_state()),
           itertools.repeat(benchmark.synthetic_batch(config.batch_size)))
 
 

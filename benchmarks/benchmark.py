@@ -36,6 +36,7 @@ import numpy as np
 
 from googlenet_jax import compilation_cache
 from googlenet_jax import compile_report
+from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
 from googlenet_jax import preemption
 from googlenet_jax import progress
@@ -228,8 +229,9 @@ def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
       for step, state, total in train.train_steps(p_null_step, state,
                                                   batches_on_devices, 0, bar):
         stop.requested(step)
-        train.checkpoint_due(config, step, steps_per_epoch=num_steps,
-                             num_steps=num_steps, time_up=clock.time_up(step))
+        train.checkpoint_due(config.checkpoint_every_steps, step,
+                             steps_per_epoch=num_steps, num_steps=num_steps,
+                             time_up=clock.time_up(step))
     jax.block_until_ready((state, total))
     return state
 
@@ -239,19 +241,20 @@ def host_ms_per_step(config, state, metrics, batches: Iterator) -> float:
   return 1000 * (time.perf_counter() - start) / num_steps
 
 
-def train_step_flops(config, state, batch, compiled) -> float:
+def train_step_flops(config, built, state, batch, compiled) -> float:
   """XLA's FLOPs of the global train step, its convolutions counted as convolutions.
 
   The matmul form of the convolutions (config.conv_lowering, on a CPU) also
   multiplies the zero padding; counting the convolution form keeps FLOP/s
   comparable across forms, devices and with PyTorch. `compiled` is the step as
   it runs, counted as it is when it already takes the convolution form.
+  `built` is the config's experiment.
   """
   if not conv_lowering.uses_matmuls(config.conv_lowering):
     return global_flops(compiled)
   state = state.replace(
-      apply_fn=train_state.create_model(config, conv_form='xla').apply)
-  return global_flops(steps.pmap_train_step(config).lower(state, batch).compile())
+      apply_fn=experiment.create_model(config, conv_form='xla').apply)
+  return global_flops(steps.pmap_train_step(built.train_step).lower(state, batch).compile())
 
 
 def global_flops(compiled) -> float:
@@ -269,9 +272,9 @@ def device_peak_memory() -> int | None:
 def measure(config) -> dict:
   """Every measurement, in one process, in the order of the table."""
   results = {}
-  host_state = train_state.create_train_state(
-      jax.random.key(config.seed), config, train_state.create_model(config))
-  p_train_step = steps.pmap_train_step(config)
+  built = experiment.build(config, load_data=FLAGS.real_data)
+  host_state = built.initial_state()
+  p_train_step = built.p_train_step
   batch = synthetic_batch(config.batch_size)
   state = sharding.replicate(host_state)
 
@@ -286,7 +289,7 @@ def measure(config) -> dict:
   results['first_step_device_peak_bytes'] = device_peak_memory()
   results['compiled_needed_bytes'] = compile_report.needed_bytes(compiled.memory_analysis())
   results['matmul_peak_flops'] = matmul_peak(FLAGS.matmul_size, jnp.dtype(config.dtype))
-  results['flops'] = train_step_flops(config, state, batch, compiled)
+  results['flops'] = train_step_flops(config, built, state, batch, compiled)
 
   # The state is donated to each step: every run takes its own copy.
   step_fns = {'train_synthetic': p_train_step}
@@ -294,7 +297,7 @@ def measure(config) -> dict:
   feeds = {'train_synthetic': itertools.repeat(batch)}
   host_feed = itertools.repeat(host_batch(config.batch_size))
   if FLAGS.real_data:
-    sources = input_pipeline.load_sources(config)
+    sources = built.dataset.splits
     step_fns['train_real'] = p_train_step
     states['train_real'] = sharding.replicate(host_state)
     # As the training loop feeds its steps: prefetched to the devices.
@@ -310,7 +313,7 @@ def measure(config) -> dict:
       results['flops'] * results['train_synthetic']['median'] / config.batch_size)
   results['host_ms_per_step'] = host_ms_per_step(
       config, sharding.replicate(host_state), metrics, host_feed)
-  results['eval'] = timed_eval(steps.pmap_eval_step(config),
+  results['eval'] = timed_eval(built.p_eval_step,
                                states['train_synthetic'], config.eval_batch_size)
   results['host_peak_rss_bytes'] = resource.getrusage(
       resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -30,9 +30,8 @@ import jax
 from jax import profiler
 
 from benchmarks import benchmark
+from googlenet_jax import experiment
 from googlenet_jax import sharding
-from googlenet_jax import steps
-from googlenet_jax import train_state
 from googlenet_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -165,9 +164,9 @@ def thunk_times(trace_dir: str, module_name: str) -> dict[str, list[int]]:
 
 def profile(config) -> dict:
   """Traces FLAGS.steps train steps and returns every operation's time and kind."""
-  state = sharding.replicate(train_state.create_train_state(
-      jax.random.key(config.seed), config, train_state.create_model(config)))
-  p_train_step = steps.pmap_train_step(config)
+  built = experiment.build(config, load_data=False)
+  state = sharding.replicate(built.initial_state())
+  p_train_step = built.p_train_step
   batch = benchmark.synthetic_batch(config.batch_size)
   compiled = p_train_step.lower(state, batch).compile()
   text = compiled.as_text()

@@ -24,7 +24,7 @@ import numpy as np
 
 from googlenet_jax import checkpoint
 from googlenet_jax import config_fields
-from googlenet_jax import train_state
+from googlenet_jax import experiment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/fmnist96.py', 'Config file.',
@@ -52,14 +52,13 @@ def save_initial_state(config, directory: str) -> None:
   """The config's initial train state as step 0 in `directory`, unless it is there."""
   manager = checkpoint.create_manager(directory)
   if manager.latest_step() is None:
-    state = train_state.create_train_state(jax.random.key(0), config,
-                                           train_state.create_model(config))
+    state = experiment.build(config, load_data=False).initial_state()
     checkpoint.save(manager, jax.device_get(state), config_fields.record(config))
 
 
 def restore_once(config, directory: str, way: str) -> None:
   """Restores step 0 `way`; prints the bytes read and the peak memory it added."""
-  target = train_state.abstract_train_state(config, train_state.create_model(config))
+  target = experiment.build(config, load_data=False).abstract_state()
   if way == 'weights':
     target = checkpoint.weights(target)
   before = resident_mib('VmRSS')

@@ -25,9 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache, shared by every run on the machine; '' = off.
   config.compilation_cache_dir = '~/.cache/googlenet_jax/jax_cache'
 
+  config.dataset = 'fashion_mnist'  # Dataset name, see googlenet_jax/data/__init__.py.
   config.data_dir = ''  # tfds data_dir for the prepared dataset; '' = tfds's default.
-  config.source_dir = '/usr/share/datasets/fashion-mnist'  # The four IDX .gz files.
-  config.verify_checksums = True  # Check the IDX files are the real Fashion-MNIST.
+  config.source_dir = '/usr/share/datasets/fashion-mnist'  # fashion_mnist: the 4 IDX .gz files.
+  config.verify_checksums = True  # fashion_mnist: check the IDX files are the real ones.
 
   config.seed = 0  # Seeds initialisation and the data order.
   config.batch_size = 128  # Global training batch, split over all devices.

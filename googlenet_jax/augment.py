@@ -1,7 +1,7 @@
 """Training-time augmentation on the device: random crop, horizontal flip, random erasing.
 
-It runs inside the pmapped train step on the 28x28 images, before they are
-resized to the model's input. Example i of the global batch at step s draws its
+It runs inside the pmapped train step on the images at the dataset's size,
+before they are resized to the model's input. Example i of the global batch at step s draws its
 randomness from fold_in(fold_in(key(seed), s), i), so it is augmented the same
 way whatever the number of devices or hosts, and a resumed run augments exactly
 as the uninterrupted one did: there is no PRNG state to checkpoint.
@@ -12,7 +12,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 # Random erasing's rectangle: its share of the image and its height/width ratio
 # (Zhong et al., 2020).
@@ -26,11 +25,6 @@ class Augmentation:
   crop_padding: int = 0  # Zero-pad by this many pixels, crop back at random.
   flip: bool = False  # Mirror left-right with probability 1/2.
   erase_probability: float = 0.0  # Chance of erasing a random rectangle.
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> 'Augmentation':
-    return cls(crop_padding=config.augment_crop_padding, flip=config.augment_flip,
-               erase_probability=config.augment_erase_probability)
 
   @property
   def enabled(self) -> bool:

@@ -1,7 +1,7 @@
 """Parameters and compute of the chapter's networks and the variants (`--mode=compare`).
 
 The chapter's exercises 4 and 5: AlexNet, VGG-11 and NiN as D2L defines them,
-the chapter's GoogLeNet and every model in `models.MODELS` but the tests' own,
+the chapter's GoogLeNet and every model of `models.MODELS` but the tests' own,
 each at 224x224 and 96x96 with one input channel and 10 classes. Multiply-adds
 are half of XLA's FLOPs; XLA skips those that fall on padding, so padded convs
 read a bit low.
@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 from googlenet_jax import models
 from googlenet_jax import summary
-from googlenet_jax import train_state
 from googlenet_jax.models import classic
 
 IMAGE_SIZES = (224, 96)
@@ -25,18 +24,18 @@ class Cost(NamedTuple):
 
 
 def compared_models(num_classes: int = 10) -> dict[str, object]:
-  """The classic networks, then every registered model but the tests', by name."""
+  """The classic networks, then every model of the table but the tests', by name."""
   return {'alexnet': classic.AlexNet(num_classes),
           'vgg11': classic.VGG(num_classes=num_classes),
           'nin': classic.NiN(num_classes),
-          **{name: model(num_classes=num_classes)
-             for name, model in models.MODELS.items() if name not in models.TEST_MODELS}}
+          **{name: spec.constructor(num_classes=num_classes)
+             for name, spec in models.MODELS.items() if not spec.test_only}}
 
 
 def multiply_adds(model, image_size: int) -> float:
   """Multiply-adds of one inference forward pass, from XLA's cost analysis."""
   return summary.xla_flops(model.apply, summary.abstract_variables(model, image_size),
-                           train_state.one_image(image_size)) / 2
+                           summary.one_image(image_size)) / 2
 
 
 def model_cost(name: str, model) -> Cost:
@@ -60,8 +59,8 @@ def format_table(costs: list[Cost]) -> str:
   return '\n'.join(lines)
 
 
-def comparison_table(config) -> str:
-  """The table for every compared model; `config` supplies num_classes."""
+def comparison_table(num_classes: int) -> str:
+  """The table for every compared model, each with `num_classes` outputs."""
   costs = [model_cost(name, model)
-           for name, model in compared_models(config.num_classes).items()]
+           for name, model in compared_models(num_classes).items()]
   return format_table(costs)

@@ -6,8 +6,8 @@
 No TPU or GPU is needed, as MaxText's train_compile.py compiles for TPUs: libtpu
 (requirements.txt) compiles for TPU slices, JAX's CUDA plugin
 (requirements-gpu-compile.txt) for NVIDIA GPUs. This compiles
-`steps.pmap_train_step` and `steps.pmap_eval_step`, the functions training
-runs, with the config's model, dtype and batches: the global batch split over
+the pmapped train and eval steps of the config's `experiment.build`, the
+functions training runs, with its model, dtype and batches: the global batch split over
 the chips, each host's share shaped as its input pipeline makes it. It prints a
 table and writes WORKDIR/compile.json (compile_report: memory, FLOPs, time
 estimates on TPUs only, convolutions, collectives). `--largest_batch` also
@@ -29,12 +29,12 @@ import numpy as np
 
 from googlenet_jax import accelerators
 from googlenet_jax import compile_report
+from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
 from googlenet_jax import largest_batch
 from googlenet_jax import steps
 from googlenet_jax import topologies
 from googlenet_jax import train_state
-from googlenet_jax import validation
 from googlenet_jax import workdirs
 from googlenet_jax.accelerators import Accelerator
 from googlenet_jax.compile_report import CompiledStep
@@ -43,24 +43,28 @@ from googlenet_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  """What the steps are compiled for: the accelerator, its devices, the state's shapes.
-
-  `steps` makes the config's 'train' and 'eval' step pmapped over given devices.
-  """
+  """What the steps are compiled for: the accelerator, its devices, the experiment."""
   accelerator: Accelerator
   devices: list[jax.Device]
+  experiment: experiment.Experiment  # Built for `devices`, without data.
   state: train_state.TrainState  # Replicated, as ShapeDtypeStructs.
-  steps: dict[str, Callable[[Sequence[jax.Device]], Callable]]
+
+  @property
+  def steps(self) -> dict[str, Callable[[Sequence[jax.Device]], Callable]]:
+    """The 'train' and 'eval' steps, each pmapped over given devices."""
+    return {'train': functools.partial(steps.pmap_train_step, self.experiment.train_step),
+            'eval': functools.partial(steps.pmap_eval_step, self.experiment.eval_step)}
 
 
 def make_target(config: ml_collections.ConfigDict, accelerator: Accelerator) -> Target:
-  """The accelerator's compile-only devices, the replicated train state, the steps."""
+  """The accelerator's compile-only devices, the config's experiment for them, its state.
+
+  Raises:
+    UserError: a batch does not split over the chips.
+  """
   devices = topologies.devices(accelerator)
-  model = train_state.create_model(config, platform=devices[0].platform)
-  state = replicated(train_state.abstract_train_state(config, model), len(devices))
-  return Target(accelerator, devices, state,
-                {'train': functools.partial(steps.pmap_train_step, config),
-                 'eval': functools.partial(steps.pmap_eval_step, config)})
+  built = experiment.build(config, devices=devices, load_data=False)
+  return Target(accelerator, devices, built, replicated(built.abstract_state(), len(devices)))
 
 
 def replicated(tree, num_devices: int):
@@ -72,11 +76,12 @@ def replicated(tree, num_devices: int):
 def host_batch(target: Target, kind: str, batch_size: int) -> dict:
   """Host 0's first train or eval batch, as its input pipeline shapes it.
 
-  Zero images stand in for Fashion-MNIST: only shapes and dtypes matter.
+  Zero images stand in for the dataset's: only shapes and dtypes matter.
   """
   local = [d for d in target.devices if d.process_index == target.devices[0].process_index]
-  source = input_pipeline.ArraySource(np.zeros((batch_size, 28, 28, 1), np.uint8),
-                                      np.zeros(batch_size, np.int32))
+  source = input_pipeline.ArraySource(
+      np.zeros((batch_size, *target.experiment.example_shape), np.uint8),
+      np.zeros(batch_size, np.int32))
   kwargs = dict(global_batch_size=batch_size, process_index=0,
                 process_count=target.accelerator.hosts, num_local_devices=len(local))
   if kind == 'train':
@@ -143,17 +148,16 @@ def _bytes_needed(message: str) -> int | None:
   return int(float(match.group(1)) * scale)
 
 
-def compile_steps(config: ml_collections.ConfigDict, target: Target) -> dict:
+def compile_steps(target: Target) -> dict:
   """Compiles the train and eval steps for the target; their report as a dict.
 
   Raises:
-    UserError: a batch does not split over the chips, or a step does not fit.
+    UserError: a step does not fit.
   """
-  validation.check_batch_sizes(config, len(target.devices))
-  train = compile_step(target, 'train', config.batch_size)
-  evaluation = compile_step(target, 'eval', config.eval_batch_size)
+  train = compile_step(target, 'train', target.experiment.batch_size)
+  evaluation = compile_step(target, 'eval', target.experiment.eval_batch_size)
   accelerator = target.accelerator
-  return {'info': compile_report.describe(config, accelerator, target.devices),
+  return {'info': compile_report.describe(target.experiment, accelerator, target.devices),
           'input_shapes': {'train': shapes(train.host_batch),
                            'eval': shapes(evaluation.host_batch)},
           'train': compile_report.analyse(accelerator, train),
@@ -166,7 +170,7 @@ def compile_and_report(config: ml_collections.ConfigDict, workdir: str,
   accelerator = accelerators.get(topology)
   workdirs.create(workdir)
   target = make_target(config, accelerator)
-  report = compile_steps(config, target)
+  report = compile_steps(target)
   if find_largest_batch:
     report['largest_batch'] = largest_batch.find(
         report, lambda per_chip: train_step_memory(target, per_chip),

@@ -13,11 +13,11 @@ from importlib import metadata
 from typing import Callable
 
 import jax
-import ml_collections
 
 from googlenet_jax import accelerators
 from googlenet_jax import hlo_stats
 from googlenet_jax.accelerators import Accelerator, GiB
+from googlenet_jax.experiment import Experiment
 from googlenet_jax.models import conv_lowering
 
 
@@ -98,9 +98,10 @@ def gib(num_bytes: float) -> str:
   return f'{num_bytes / GiB:.2f} GiB'
 
 
-def describe(config: ml_collections.ConfigDict, accelerator: Accelerator,
+def describe(experiment: Experiment, accelerator: Accelerator,
              devices: list[jax.Device]) -> dict:
   """What was compiled, for what, when; key names as the benchmark's JSON."""
+  record = experiment.record
   info = {
       'date_utc': time.strftime('%Y-%m-%d %H:%M', time.gmtime()),
       'topology': accelerator.name, 'topology_name': accelerator.topology,
@@ -108,12 +109,12 @@ def describe(config: ml_collections.ConfigDict, accelerator: Accelerator,
       'num_devices': len(devices), 'chips': len(devices), 'hosts': accelerator.hosts,
       'hbm_bytes_per_chip': accelerator.chip.hbm_bytes,
       'peak_flops_per_chip': accelerator.chip.peak_flops,
-      'jax': jax.__version__, 'model': config.model, 'dtype': config.dtype,
+      'jax': jax.__version__, 'model': record['model'], 'dtype': record['dtype'],
       'convolutions': ('matmuls' if conv_lowering.uses_matmuls(
-          config.conv_lowering, devices[0].platform) else 'lax.conv'),
-      'batch_size': config.batch_size,
-      'per_chip_batch_size': config.batch_size // len(devices),
-      'eval_batch_size': config.eval_batch_size, 'image_size': config.image_size,
+          record['conv_lowering'], devices[0].platform) else 'lax.conv'),
+      'batch_size': experiment.batch_size,
+      'per_chip_batch_size': experiment.batch_size // len(devices),
+      'eval_batch_size': experiment.eval_batch_size, 'image_size': record['image_size'],
   }
   if accelerator.platform == 'tpu':
     info.update(chip_config=accelerator.chip.chip_config,

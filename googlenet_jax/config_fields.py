@@ -48,6 +48,7 @@ class Role(enum.Enum):
 
 ROLES = {
     'model': Role.NETWORK,
+    'dataset': Role.NETWORK,  # Its images' channels shape the first conv.
     'num_classes': Role.NETWORK,
     'image_size': Role.NETWORK,
     'dtype': Role.COMPUTE,

@@ -13,7 +13,6 @@ import hashlib
 
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 
 from googlenet_jax import jax_internals
@@ -65,15 +64,15 @@ def first_line(e: Exception) -> str:
   return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def config_digest(config: ml_collections.ConfigDict) -> int:
-  """A 31-bit digest of every field of `config`, equal for equal configs."""
-  text = config.to_json_best_effort(sort_keys=True)
-  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], 'big') >> 1
+def config_digest(config_text: str) -> int:
+  """A 31-bit digest of a config's text, equal for equal configs."""
+  return int.from_bytes(hashlib.sha256(config_text.encode()).digest()[:4], 'big') >> 1
 
 
-def check_hosts_agree(step: int, config: ml_collections.ConfigDict,
-                      workdir: str) -> None:
+def check_hosts_agree(step: int, config_text: str, workdir: str) -> None:
   """Stops every process, with one line, unless all resume `step` of the same config.
+
+  `config_text` is the whole config, keys sorted (`Experiment.config_text`).
 
   Each process restores the latest checkpoint that it sees. With a workdir of
   each host's own, only process 0's holds the arrays, so the others would start
@@ -86,7 +85,7 @@ def check_hosts_agree(step: int, config: ml_collections.ConfigDict,
   """
   if jax.process_count() == 1:
     return
-  mine = np.array([step, config_digest(config)], np.int32)
+  mine = np.array([step, config_digest(config_text)], np.int32)
   steps, digests = multihost_utils.process_allgather(mine).T
   if len(set(steps)) > 1:
     seen = ', '.join(f'process {i}: step {s}' for i, s in enumerate(steps))

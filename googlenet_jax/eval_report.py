@@ -7,19 +7,20 @@ from etils import epath
 import numpy as np
 
 from googlenet_jax import plots
-from googlenet_jax.input_pipeline import CLASS_NAMES
 
 
-def per_class_accuracy(matrix: Sequence[Sequence[int]]) -> dict[str, float | None]:
+def per_class_accuracy(matrix: Sequence[Sequence[int]],
+                       class_names: Sequence[str]) -> dict[str, float | None]:
   """Accuracy of each class (None for a class with no examples), by class name.
 
   Args:
     matrix: counts of (true class, predicted class).
+    class_names: the name of each class, in label order.
   """
   matrix = np.asarray(matrix)
   counts = matrix.sum(axis=1)
   return {name: float(matrix[i, i] / counts[i]) if counts[i] else None
-          for i, name in enumerate(CLASS_NAMES)}
+          for i, name in enumerate(class_names)}
 
 
 def format_per_class(result: dict[str, Any]) -> str:
@@ -33,7 +34,7 @@ def format_per_class(result: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def write(result: dict[str, Any], workdir: str) -> None:
+def write(result: dict[str, Any], class_names: Sequence[str], workdir: str) -> None:
   """Writes WORKDIR/eval.json and WORKDIR/confusion_matrix.png; prints the table.
 
   WORKDIR may be a local path or a gs:// URL.
@@ -41,7 +42,7 @@ def write(result: dict[str, Any], workdir: str) -> None:
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'eval.json').write_text(json.dumps(result, indent=2))
-  plots.write_confusion_matrix(result['confusion_matrix'], CLASS_NAMES,
+  plots.write_confusion_matrix(result['confusion_matrix'], class_names,
                                workdir / 'confusion_matrix.png')
   print(f'Checkpoint at step {result["step"]} ({result["checkpoint"]}): test loss '
         f'{result["loss"]:.4f}\n'

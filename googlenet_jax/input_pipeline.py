@@ -1,7 +1,6 @@
-"""Host-side batches of Fashion-MNIST: uint8 images, split across devices.
+"""Host-side batches of examples held in memory: uint8 images, split across devices.
 
-`load_sources` reads each split once from the prepared tfds dataset into host
-memory (all of Fashion-MNIST is about 55 MB as uint8), as an `ArraySource`;
+A dataset's `load` (googlenet_jax/data) reads each split into an `ArraySource`;
 each batch is then one numpy gather, and `prefetch_to_device` copies the next
 batches to the devices while a step runs. Resizing and scaling happen later, on
 the device.
@@ -13,19 +12,15 @@ however many processes and devices share it.
 
 import collections
 from collections.abc import Iterable, Iterator
-import functools
 import itertools
 
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from googlenet_jax import errors
 from googlenet_jax import sharding
-from googlenet_jax.data import fashion_mnist
 from googlenet_jax.validation import check_batch_size
 
-CLASS_NAMES = fashion_mnist.CLASS_NAMES
 # Examples per read from the tfds data source while loading a split.
 _READ_CHUNK = 10_000
 
@@ -37,7 +32,7 @@ class ArraySource:
     """Keeps read-only views of the examples.
 
     Args:
-      images: uint8 [N, 28, 28, 1].
+      images: uint8 [N, H, W, C].
       labels: [N] class indices; kept as int32, the batches' dtype.
     """
     if len(images) != len(labels):
@@ -47,7 +42,7 @@ class ArraySource:
 
   @property
   def images(self) -> np.ndarray:
-    """uint8 [N, 28, 28, 1], read-only."""
+    """uint8 [N, H, W, C], read-only."""
     return self._images
 
   @property
@@ -59,25 +54,6 @@ class ArraySource:
     return len(self._labels)
 
 
-def load_sources(config) -> dict[str, ArraySource]:
-  """Returns {'train': source, 'test': source}, preparing the data if needed.
-
-  Args:
-    config: reads `data_dir` (tfds data directory; '' for tfds's default),
-      `source_dir` (directory of the IDX files) and `verify_checksums`.
-  """
-  prepare = functools.partial(fashion_mnist.get_builder, config.data_dir,
-                              config.source_dir, config.verify_checksums)
-  if jax.process_count() > 1:
-    # Process 0 prepares first, so hosts sharing a data_dir never write it twice.
-    if jax.process_index() == 0:
-      prepare()
-    multihost_utils.sync_global_devices('fashion_mnist_idx prepared')
-  builder = prepare()
-  return {split: read_source(builder.as_data_source(split))
-          for split in ('train', 'test')}
-
-
 def read_source(data_source) -> ArraySource:
   """Reads every example of a tfds data source into host memory, in order.
 
@@ -86,7 +62,8 @@ def read_source(data_source) -> ArraySource:
       `__getitems__(indices)` returning {'image', 'label'} examples.
   """
   num_examples = len(data_source)
-  images = np.empty((num_examples, *fashion_mnist.IMAGE_SHAPE), np.uint8)
+  image_shape = np.shape(data_source[0]['image']) if num_examples else (0, 0, 0)
+  images = np.empty((num_examples, *image_shape), np.uint8)
   labels = np.empty(num_examples, np.int32)
   # In chunks: a call per example costs a round trip through the reader each,
   # one call for all holds every example as a dict at once.
@@ -129,7 +106,7 @@ def train_batches(source: ArraySource, *, global_batch_size: int, seed: int,
     start_step: the first step to yield, to resume mid-epoch.
 
   Yields:
-    {'image': uint8 [num_local_devices, per_device, 28, 28, 1],
+    {'image': uint8 [num_local_devices, per_device, H, W, C],
      'label': int32 [num_local_devices, per_device]}.
   """
   check_batch_size(global_batch_size, process_count * num_local_devices)

@@ -62,11 +62,11 @@ class MetricWriter:
       self._jsonl_file.write(line)
       self._jsonl_file.flush()
 
-  def write_config(self, step: int, config) -> None:
-    """Writes the config as TensorBoard text, indented so it shows as code."""
+  def write_config(self, step: int, config_text: str) -> None:
+    """Writes the config's text to TensorBoard, indented so it shows as code."""
     if not self.active:
       return
-    text = '\n'.join('    ' + line for line in str(config).splitlines())
+    text = '\n'.join('    ' + line for line in config_text.splitlines())
     self._summary_writer.add_text('config', text, global_step=step)
     self._flush_events()
 

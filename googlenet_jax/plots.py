@@ -96,7 +96,7 @@ def predictions_figure(images: np.ndarray, labels: Sequence[int],
   """A grid of images titled 'true\\npred', as the chapter shows; mistakes in red.
 
   Args:
-    images: uint8 [N, 28, 28, 1].
+    images: uint8 [N, H, W, C]: gray for one channel, colour for three.
     labels: the true classes.
     predictions: the predicted classes.
     class_names: the name of each class.
@@ -109,7 +109,7 @@ def predictions_figure(images: np.ndarray, labels: Sequence[int],
     ax.axis('off')
     if i >= len(images):
       continue
-    ax.imshow(images[i][..., 0], cmap='gray')
+    ax.imshow(images[i][..., 0] if images.shape[-1] == 1 else images[i], cmap='gray')
     ax.set_title(f'{class_names[labels[i]]}\n{class_names[predictions[i]]}',
                  fontsize=8, color='black' if labels[i] == predictions[i] else 'red')
   return fig

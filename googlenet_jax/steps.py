@@ -2,17 +2,15 @@
 
 The steps are plain functions of one device's shard that sum or average over
 devices with `axis_name=sharding.AXIS` collectives; `jax.pmap` runs them on every
-local device. Images arrive as uint8 28x28 and are resized and scaled on the
-device. The model may compute in bfloat16 (`config.dtype`); its logits, the
+local device. Images arrive as uint8 at the dataset's size and are scaled and
+resized on the device. The model may compute in bfloat16; its logits, the
 losses and the metrics are float32.
 """
 
-import functools
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from googlenet_jax import augment
@@ -28,20 +26,22 @@ def to_unit_interval(images: jax.Array) -> jax.Array:
 
 
 def resize(images: jax.Array, image_size: int) -> jax.Array:
-  """(N, H, W, C) -> (N, S, S, C), bilinearly."""
-  n, _, _, channels = images.shape
+  """(N, H, W, C) -> (N, S, S, C), bilinearly; unchanged if already S x S."""
+  n, height, width, channels = images.shape
+  if height == width == image_size:
+    return images
   return jax.image.resize(images, (n, image_size, image_size, channels), 'bilinear')
 
 
 def preprocess(images: jax.Array, image_size: int) -> jax.Array:
-  """uint8 (N, 28, 28, 1) -> float32 (N, S, S, 1) in [0, 1], resized bilinearly."""
+  """uint8 (N, H, W, C) -> float32 (N, S, S, C) in [0, 1], resized bilinearly."""
   return resize(to_unit_interval(images), image_size)
 
 
 def augmented_preprocess(images: jax.Array, image_size: int,
                          augmentation: augment.Augmentation, seed: int,
                          step: jax.Array) -> jax.Array:
-  """`preprocess` with `augmentation` applied at 28x28, keyed by (seed, step, example)."""
+  """`preprocess` with `augmentation` applied before resizing, keyed by (seed, step, example)."""
   images = to_unit_interval(images)
   if augmentation.enabled:
     key = jax.random.fold_in(jax.random.key(seed), step)
@@ -144,38 +144,17 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array],
   return metrics, jnp.argmax(logits, -1).astype(jnp.int32)
 
 
-def pmap_train_step(config: ml_collections.ConfigDict,
+def pmap_train_step(step: Callable,
                     devices: Sequence[jax.Device] | None = None) -> Callable:
-  """`train_step` with the config's settings, pmapped over the local devices or `devices`.
+  """A train step (`train_step` with its settings bound) pmapped over `devices`.
 
-  The same settings give the same function (a cache keyed on exactly the
-  settings the step reads), so that runs in one process (a resume, the tests)
-  reuse its traced and compiled step.
+  The devices default to the local ones. The state is donated: its buffers are
+  reused for the next one.
   """
-  return _pmap_train_step(config.image_size, config.label_smoothing,
-                          augment.Augmentation.from_config(config), config.seed,
-                          None if devices is None else tuple(devices))
+  return jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
 
 
-@functools.lru_cache(maxsize=None)
-def _pmap_train_step(image_size, label_smoothing, augmentation, seed, devices):
-  return jax.pmap(
-      functools.partial(train_step, image_size=image_size,
-                        label_smoothing=label_smoothing, augmentation=augmentation,
-                        seed=seed),
-      axis_name=AXIS, devices=devices, donate_argnums=(0,))
-
-
-def pmap_eval_step(config: ml_collections.ConfigDict,
+def pmap_eval_step(step: Callable,
                    devices: Sequence[jax.Device] | None = None) -> Callable:
-  """`eval_step` at the config's image size, pmapped over the local devices or `devices`.
-
-  Cached on the image size and devices, all it reads, as `pmap_train_step` is.
-  """
-  return _pmap_eval_step(config.image_size, None if devices is None else tuple(devices))
-
-
-@functools.lru_cache(maxsize=None)
-def _pmap_eval_step(image_size: int, devices) -> Callable:
-  return jax.pmap(functools.partial(eval_step, image_size=image_size), axis_name=AXIS,
-                  devices=devices)
+  """An eval step (`eval_step` with its image size bound) pmapped over `devices`."""
+  return jax.pmap(step, axis_name=AXIS, devices=devices)

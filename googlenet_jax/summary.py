@@ -8,9 +8,9 @@ import functools
 from typing import NamedTuple
 
 import jax
-import ml_collections
 
 from googlenet_jax import train_state
+from googlenet_jax.models import conv_lowering
 
 
 class BlockStats(NamedTuple):
@@ -36,22 +36,28 @@ def xla_flops(fn, *args) -> float:
   return float(cost.get('flops', 0.0))
 
 
-def abstract_variables(model, image_size: int, intermediates: bool = False):
+def one_image(image_size: int, channels: int = 1) -> jax.ShapeDtypeStruct:
+  """One float32 image_size x image_size image of `channels`."""
+  return train_state.one_image((image_size, image_size, channels))
+
+
+def abstract_variables(model, image_size: int, intermediates: bool = False,
+                       channels: int = 1):
   """`model`'s variables for one image, as shapes only.
 
   With `intermediates`, they also hold every layer's output, under 'intermediates'.
   """
   init = functools.partial(model.init_with_output, capture_intermediates=intermediates)
-  return jax.eval_shape(init, jax.random.key(0), train_state.one_image(image_size))[1]
+  return jax.eval_shape(init, jax.random.key(0), one_image(image_size, channels))[1]
 
 
-def block_stats(model, image_size: int) -> list[BlockStats]:
+def block_stats(model, image_size: int, channels: int = 1) -> list[BlockStats]:
   """One BlockStats per top-level block of `model`, in call order, for one image.
 
   From shapes only (`jax.eval_shape`) and XLA's cost analysis: nothing runs.
   """
-  inputs = train_state.one_image(image_size)
-  variables = abstract_variables(model, image_size, intermediates=True)
+  inputs = one_image(image_size, channels)
+  variables = abstract_variables(model, image_size, intermediates=True, channels=channels)
   blocks = {k: v['__call__'][0] for k, v in variables.pop('intermediates').items()
             if k != '__call__'}
   stats = []
@@ -103,10 +109,14 @@ def format_table(stats: list[BlockStats]) -> str:
   return '\n'.join(lines)
 
 
-def summary_table(config: ml_collections.ConfigDict) -> str:
-  """The summary of the configured model at `config.image_size`."""
-  # Convolutions as convolutions: FLOPs without the matmul form's padding.
-  model = train_state.create_model(config, conv_form='xla')
-  return (f'{config.model} on one {config.image_size}x{config.image_size}x1 image '
-          '(a multiply-add is 2 FLOPs):\n'
-          + format_table(block_stats(model, config.image_size)))
+def summary_table(model, name: str, image_shape: tuple[int, int, int]) -> str:
+  """The summary of `model`, called `name`, on one image of `image_shape` (H = W).
+
+  The model is counted in its 'xla' form, whichever it trains in: convolutions
+  as convolutions, FLOPs without the matmul form's padding.
+  """
+  model = model.clone(conv=conv_lowering.conv_module('xla'),
+                      max_pool=conv_lowering.max_pool('xla'))
+  size, _, channels = image_shape
+  return (f'{name} on one {size}x{size}x{channels} image (a multiply-add is 2 FLOPs):\n'
+          + format_table(block_stats(model, size, channels)))

@@ -1,8 +1,9 @@
 """The training loop: epochs of pmapped steps, checkpoints, evaluation and logs.
 
-Re-running the same command resumes from the latest checkpoint at its exact
-step. The steps themselves are in `steps.py`, the initial state in
-`train_state.py`, evaluation in `evaluate.py`.
+It runs an `experiment.Experiment`, built once from the config. Re-running the
+same command resumes from the latest checkpoint at its exact step. The steps
+themselves are in `steps.py`, the initial state in `train_state.py`, evaluation
+in `evaluate.py`.
 """
 
 import itertools
@@ -13,11 +14,9 @@ from typing import Callable, Iterable, Iterator
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 
 from googlenet_jax import checkpoint
-from googlenet_jax import config_fields
 from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
@@ -27,15 +26,16 @@ from googlenet_jax import progress
 from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train_state
-from googlenet_jax import validation
 from googlenet_jax import workdirs
+from googlenet_jax.experiment import Experiment
 from googlenet_jax.errors import UserError, describe_os_error
 from googlenet_jax.metric_writers import MetricWriter
 
 
-def save_checkpoint(manager, state: train_state.TrainState,
-                    config: ml_collections.ConfigDict, train_loss_sum: float) -> None:
-  """Saves the replicated `state`, unless training has diverged since the last save.
+def save_checkpoint(manager, state: train_state.TrainState, record: dict,
+                    train_loss_sum: float) -> None:
+  """Saves the replicated `state` with the config's `record`, unless training has
+  diverged since the last save.
 
   Raises:
     UserError: the training loss or a parameter is NaN or infinite; the last
@@ -48,7 +48,7 @@ def save_checkpoint(manager, state: train_state.TrainState,
         f'The training loss is not finite at step {host_state.step}: stopped '
         f'without saving. The last good checkpoint is step {manager.latest_step()} '
         f'in {manager.directory}; try a lower learning rate.')
-  checkpoint.save(manager, host_state, config_fields.record(config))
+  checkpoint.save(manager, host_state, record)
 
 
 class CheckpointClock:
@@ -83,28 +83,22 @@ class CheckpointClock:
     return bool(multihost_utils.process_allgather(np.array(mine)).any())
 
 
-def checkpoint_due(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
-                   num_steps: int, time_up: bool) -> bool:
-  """Whether `config.checkpoint_every_steps`, or the clock's `time_up`, asks for one now.
+def checkpoint_due(every_steps: int, step: int, steps_per_epoch: int, num_steps: int,
+                   time_up: bool) -> bool:
+  """Whether `every_steps`, or the clock's `time_up`, asks for a checkpoint now.
 
   Epoch ends and the run's end are saved anyway, so they never count here.
   """
-  every = config.checkpoint_every_steps
-  asked = time_up or bool(every and step % every == 0)
+  asked = time_up or bool(every_steps and step % every_steps == 0)
   return asked and bool(step % steps_per_epoch) and step < num_steps
 
 
-def restore_or_create(config: ml_collections.ConfigDict, manager,
-                      steps_per_epoch: int) -> train_state.TrainState:
+def restore_or_create(experiment: Experiment, manager) -> train_state.TrainState:
   """The latest checkpoint's state if there is one, else a new one; on the host."""
-  model = train_state.create_model(config)
   if manager.latest_step() is None:
-    return train_state.create_train_state(jax.random.key(config.seed), config, model,
-                                          steps_per_epoch)
-  _, state = checkpoint.restore(
-      manager.directory, manager.all_steps(),
-      train_state.abstract_train_state(config, model, steps_per_epoch),
-      config_fields.record(config), resume=True)
+    return experiment.initial_state()
+  _, state = checkpoint.restore(manager.directory, manager.all_steps(),
+                                experiment.abstract_state(), experiment.record, resume=True)
   manager.reload()  # Damaged steps may have been moved aside.
   logging.info('Resuming from the checkpoint at step %d.', state.step)
   return state
@@ -134,8 +128,7 @@ def train_steps(p_train_step: Callable, state: train_state.TrainState,
     yield step, state, total
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> train_state.TrainState:
+def train_and_evaluate(experiment: Experiment, workdir: str) -> train_state.TrainState:
   """Trains, evaluating and checkpointing after every epoch; resumes if it can.
 
   A stop (SIGTERM, Ctrl-C) saves a checkpoint at the current step and returns;
@@ -150,68 +143,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       from its checkpoint, or the file system failed (a full disk, no
       permission): the last good checkpoint is kept and named.
   """
-  validation.check_batch_sizes(config, jax.device_count())
-  # The data before the workdir: bad input leaves no workdir behind.
-  sources = input_pipeline.load_sources(config)
   workdirs.create(workdir)
   with workdirs.lock(workdir, active=jax.process_index() == 0):
-    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config.checkpoint_dir, workdir),
-                                        config.max_checkpoints_to_keep)
+    manager = checkpoint.create_manager(
+        checkpoint.checkpoint_dir(experiment.checkpointing.directory, workdir),
+        experiment.checkpointing.max_to_keep)
     try:
-      return run_training(config, workdir, manager, sources)
+      return run_training(experiment, workdir, manager)
     except OSError as e:  # metrics.jsonl, TensorBoard events, a picture.
       raise UserError(f'{describe_os_error(e)}: stopped. '
                       f'{checkpoint.last_good_checkpoint(manager)}') from e
 
 
-def run_training(config: ml_collections.ConfigDict, workdir: str, manager,
-                 sources: dict[str, input_pipeline.ArraySource]) -> train_state.TrainState:
+def run_training(experiment: Experiment, workdir: str, manager) -> train_state.TrainState:
   """The body of `train_and_evaluate`, run while holding the workdir."""
-  steps_per_epoch = input_pipeline.steps_per_epoch(len(sources['train']),
-                                                   config.batch_size)
-  num_steps = train_state.total_train_steps(config, steps_per_epoch)
-  distributed.check_hosts_agree(manager.latest_step() or 0, config, workdir)
-  state = restore_or_create(config, manager, steps_per_epoch)
+  steps_per_epoch, num_steps = experiment.steps_per_epoch, experiment.num_steps
+  splits = experiment.dataset.splits
+  distributed.check_hosts_agree(manager.latest_step() or 0, experiment.config_text,
+                                workdir)
+  state = restore_or_create(experiment, manager)
   step = int(state.step)
   state = sharding.replicate(state)
-  p_train_step = steps.pmap_train_step(config)
-  p_eval_step = steps.pmap_eval_step(config)
-  clock = CheckpointClock(config.checkpoint_every_minutes)
+  clock = CheckpointClock(experiment.checkpointing.every_minutes)
 
   with (MetricWriter(workdir, active=jax.process_index() == 0) as writer,
         preemption.StopSignal() as stop):
-    writer.write_config(step, config)
+    writer.write_config(step, experiment.config_text)
     stopped = False
     while step < num_steps and not stopped:
       epoch, step_in_epoch = divmod(step, steps_per_epoch)
       epoch_end = min((epoch + 1) * steps_per_epoch, num_steps)
       batches = input_pipeline.train_batches(
-          sources['train'], global_batch_size=config.batch_size, seed=config.seed,
+          splits['train'], global_batch_size=experiment.batch_size, seed=experiment.seed,
           epoch=epoch, process_index=jax.process_index(),
           process_count=jax.process_count(),
           num_local_devices=jax.local_device_count(), start_step=step_in_epoch)
       batches = input_pipeline.prefetch_to_device(
           itertools.islice(batches, epoch_end - step))
-      bar = progress.epoch_progress(step, num_steps, steps_per_epoch, config.batch_size)
+      bar = progress.epoch_progress(step, num_steps, steps_per_epoch, experiment.batch_size)
       start_time = time.perf_counter()
-      for step, state, total in train_steps(p_train_step, state, batches, step, bar):
+      for step, state, total in train_steps(experiment.p_train_step, state, batches, step,
+                                            bar):
         if stop.requested(step):
           stopped = True
           break
-        if checkpoint_due(config, step, steps_per_epoch, num_steps, clock.time_up(step)):
-          save_checkpoint(manager, state, config, evaluate.fetch_metrics(total)['loss'])
+        if checkpoint_due(experiment.checkpointing.every_steps, step, steps_per_epoch,
+                          num_steps, clock.time_up(step)):
+          save_checkpoint(manager, state, experiment.record,
+                          evaluate.fetch_metrics(total)['loss'])
           clock.restart()
       bar.close()
       train = evaluate.fetch_metrics(total)
       images_per_sec = train['count'] / (time.perf_counter() - start_time)
-      save_checkpoint(manager, state, config, train['loss'])
+      save_checkpoint(manager, state, experiment.record, train['loss'])
       clock.restart()
       if step < epoch_end:  # Stopped mid-epoch: the epoch is reported when it ends.
         break
-      test = evaluate.evaluate(p_eval_step, state, sources['test'],
-                               config.eval_batch_size)
-      report_epoch(writer, config, workdir, step, epoch, steps_per_epoch, train, test,
-                   images_per_sec)
+      test = evaluate.evaluate(experiment.p_eval_step, state, splits['test'],
+                               experiment.eval_batch_size)
+      report_epoch(writer, workdir, step, epoch, train, test, images_per_sec,
+                   float(experiment.learning_rate_fn(step - 1)))
     manager.wait_until_finished()
     if stopped:
       logging.warning('Stopped at step %d with a checkpoint; run the same '
@@ -219,17 +210,16 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, manager,
   return state
 
 
-def report_epoch(writer: MetricWriter, config: ml_collections.ConfigDict, workdir: str,
-                 step: int, epoch: int, steps_per_epoch: int, train: dict,
-                 test: dict, images_per_sec: float) -> None:
-  """Logs an epoch's metrics, writes them to TensorBoard and metrics.jsonl, redraws curves."""
+def report_epoch(writer: MetricWriter, workdir: str, step: int, epoch: int, train: dict,
+                 test: dict, images_per_sec: float, learning_rate: float) -> None:
+  """Logs an epoch's metrics, writes them to TensorBoard and metrics.jsonl, redraws curves.
+
+  `learning_rate` is the rate of the epoch's last update, the one that made `step`.
+  """
   scalars = {'epoch': epoch + 1, 'train_loss': train['loss'] / train['count'],
              'train_accuracy': train['correct'] / train['count'],
              'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
-             'train_images_per_sec': images_per_sec,
-             # The rate of the epoch's last update, the one that made `step`.
-             'learning_rate': train_state.learning_rate_at(config, steps_per_epoch,
-                                                           step - 1)}
+             'train_images_per_sec': images_per_sec, 'learning_rate': learning_rate}
   logging.info('step %d, epoch %d: train loss %.4f, test loss %.4f, test '
                'accuracy %.4f, %.1f images/s', step, epoch + 1,
                scalars['train_loss'], test['loss'], test['accuracy'], images_per_sec)

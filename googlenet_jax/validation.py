@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from googlenet_jax import data
 from googlenet_jax import models
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
@@ -17,6 +18,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   are checked where the devices are known (`check_batch_sizes`).
   """
   check_choice(config, 'model', models.MODELS)
+  check_choice(config, 'dataset', data.DATASETS)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'image_size'):
     if config[field] <= 0:
       raise UserError(f'config.{field} must be positive, got {config[field]}.')
@@ -31,7 +33,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint_every_minutes < 0:
     raise UserError('config.checkpoint_every_minutes must be 0 (no timed checkpoints) '
                     f'or positive, got {config.checkpoint_every_minutes}.')
-  min_size = models.MIN_IMAGE_SIZE[config.model]
+  min_size = models.MODELS[config.model].min_image_size
   if config.image_size < min_size:
     raise UserError(f'config.image_size {config.image_size} is too small for '
                     f'{config.model}: its smallest working image size is {min_size}.')

@@ -8,9 +8,9 @@ import numpy as np
 from conftest import run_main
 from googlenet_jax import accelerators
 from googlenet_jax import compile_mode
+from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
 from googlenet_jax import summary
-from googlenet_jax import train_state
 
 
 # A GPU compile here checks the program XLA makes (memory, cuDNN calls,
@@ -47,7 +47,7 @@ def xla_flags(topology: str) -> str:
 
 def variables(config):
   """The shapes of the model's variables in the accelerators' form (XLA's convolutions)."""
-  model = train_state.create_model(config, conv_form='xla')
+  model = experiment.create_model(config, conv_form='xla')
   return summary.abstract_variables(model, config.image_size)
 
 
@@ -61,7 +61,7 @@ def num_conv_layers(config) -> int:
 
 def flops_per_image(config) -> float:
   """The forward pass's FLOPs on one image, by XLA's CPU cost analysis of each block."""
-  model = train_state.create_model(config, conv_form='xla')
+  model = experiment.create_model(config, conv_form='xla')
   return sum(s.flops for s in summary.block_stats(model, config.image_size))
 
 

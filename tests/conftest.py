@@ -19,6 +19,7 @@ import pytest
 from fake_data import write_dataset
 from gcs_server import GcsServer
 from googlenet_jax import compilation_cache
+from googlenet_jax import experiment
 from googlenet_jax import train
 
 chex.set_n_cpu_devices(8)
@@ -109,7 +110,7 @@ def trained(config, tmp_path_factory):
   Returns its workdir and final (replicated) state; copy the workdir to change it.
   """
   workdir = str(tmp_path_factory.mktemp('trained'))
-  return workdir, train.train_and_evaluate(config, workdir)
+  return workdir, train.train_and_evaluate(experiment.build(config), workdir)
 
 
 @pytest.fixture(scope='session')

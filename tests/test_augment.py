@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from googlenet_jax import augment
@@ -82,7 +83,9 @@ class Linear(nn.Module):
 
 @pytest.fixture(scope='module')
 def linear_state(config):
-  return train_state.create_train_state(jax.random.key(0), config, Linear())
+  return train_state.create_train_state(jax.random.key(0), Linear(),
+                                        optax.sgd(config.learning_rate),
+                                        (config.image_size, config.image_size, 1))
 
 
 def batch(num_devices, per_device):

@@ -8,7 +8,6 @@ import os
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-import ml_collections
 import numpy as np
 import pytest
 
@@ -38,12 +37,8 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def sources(written, data_dir):
   source_dir, _ = written
-  config = ml_collections.ConfigDict({
-      'data_dir': data_dir,
-      'source_dir': str(source_dir),
-      'verify_checksums': False,
-  })
-  return input_pipeline.load_sources(config)
+  return fashion_mnist.load(data_dir, source_dir=str(source_dir),
+                            verify_checksums=False).splits
 
 
 def all_batches(batches_fn, source, process_count, num_local_devices,

@@ -14,6 +14,7 @@ from etils import epath
 import pytest
 
 from conftest import COMPILATION_CACHE_DIR, run_main
+from googlenet_jax import experiment
 from googlenet_jax import train
 
 pytestmark = pytest.mark.xdist_group('momentum_run')  # One worker trains it.
@@ -40,9 +41,9 @@ def momentum_run(config, tmp_path_factory):
   trained.update(momentum=0.9, nesterov=True, learning_rate=0.07, schedule='cosine',
                  warmup_epochs=0.5, num_train_steps=2)
   workdir = tmp_path_factory.mktemp('momentum')
-  state = train.train_and_evaluate(trained, str(workdir))
+  state = train.train_and_evaluate(experiment.build(trained), str(workdir))
   # The same command again restores the momentum's optimizer state, and stops.
-  chex.assert_trees_all_equal(train.train_and_evaluate(trained, str(workdir)).opt_state,
+  chex.assert_trees_all_equal(train.train_and_evaluate(experiment.build(trained), str(workdir)).opt_state,
                               state.opt_state)
   return workdir
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import start_main
-from googlenet_jax import evaluate
+from googlenet_jax import experiment
 from googlenet_jax import train
 from googlenet_jax.errors import UserError
 
@@ -54,7 +54,7 @@ def contested_run(config, tmp_path_factory):
     assert time.monotonic() < deadline, 'the first training never took the lock'
     time.sleep(0.02)
   with pytest.raises(UserError) as refusal:
-    train.train_and_evaluate(config, str(workdir))
+    train.train_and_evaluate(experiment.build(config), str(workdir))
   assert holder.poll() is None, 'the refusal came after the first training ended'
   _, stderr = holder.communicate(timeout=300)
   return workdir, holder, stderr, refusal.value
@@ -89,7 +89,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_before_
   largest_array_file(workdir / 'checkpoints' / '2').write_bytes(garbage)
   caplog.set_level(logging.WARNING)
   # Eval, a reader, uses step 1, says why, and moves nothing.
-  assert evaluate.restore_for_eval(config, str(workdir)).state.step == 1
+  assert experiment.build_inference(config, str(workdir)).state.step == 1
   assert 'The checkpoint at step 2 cannot be read' in caplog.text
   assert 'using step 1' in caplog.text
   assert steps_on_disk(workdir) == ['1', '2']
@@ -98,7 +98,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_before_
   three_steps.num_train_steps = 3
   three_steps.checkpoint_every_steps = 1
   caplog.clear()
-  train.train_and_evaluate(three_steps, str(workdir))
+  train.train_and_evaluate(experiment.build(three_steps), str(workdir))
   assert 'The checkpoint at step 2 cannot be read' in caplog.text
   assert 'resuming from step 1' in caplog.text
   # A change that can continue is logged.
@@ -112,7 +112,7 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_before_
   data[len(data) // 2] ^= 0x10
   largest_array_file(workdir / 'checkpoints' / '3').write_bytes(bytes(data))
   caplog.clear()
-  assert evaluate.restore_for_eval(config, str(workdir)).state.step == 2
+  assert experiment.build_inference(config, str(workdir)).state.step == 2
   assert ('step 3 cannot be read (its arrays do not match their checksum)'
           in caplog.text)
 
@@ -128,7 +128,7 @@ def test_a_config_change_that_cannot_continue_is_named(config, two_step_workdir,
   changed[field] = new
   changed.num_train_steps = 3
   with pytest.raises(UserError) as error:
-    train.train_and_evaluate(changed, str(two_step_workdir))
+    train.train_and_evaluate(experiment.build(changed), str(two_step_workdir))
   message = str(error.value)
   assert (f'config.{field} is {new!r}, but the checkpoint at step 2 in '
           f'{two_step_workdir}/checkpoints was written with {field}={saved!r}: run with '
@@ -145,10 +145,10 @@ def test_a_checkpoint_of_before_the_config_record_restores_and_refuses_a_new_opt
     (workdir / 'checkpoints' / step / 'meta' / 'metadata').write_text(json.dumps(
         {'model': config.model, 'num_classes': config.num_classes,
          'image_size': config.image_size}))
-  assert evaluate.restore_for_eval(config, str(workdir)).state.step == 2
+  assert experiment.build_inference(config, str(workdir)).state.step == 2
   momentum = config.copy_and_resolve_references()
   momentum.momentum = 0.9
   with pytest.raises(UserError, match='holds another train state than this config '
                      r"makes \(e.g. \['opt_state'\]"):
-    train.train_and_evaluate(momentum, str(workdir))
+    train.train_and_evaluate(experiment.build(momentum), str(workdir))
   assert steps_on_disk(workdir) == ['1', '2']

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
+from googlenet_jax import experiment
 from googlenet_jax import preemption
 from googlenet_jax import progress
 from googlenet_jax import train
-from googlenet_jax import train_state
 from googlenet_jax.errors import UserError
 from googlenet_jax.metric_writers import MetricWriter
 from fake_data import NUM_TRAIN
@@ -44,12 +44,12 @@ def test_a_stop_on_an_epochs_last_step_still_reports_that_epoch(
     config, tmp_path, monkeypatch, closed_writers):
   steps_per_epoch = NUM_TRAIN // config.batch_size
   stop_at(monkeypatch, steps_per_epoch)
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = train.train_and_evaluate(experiment.build(config), str(tmp_path))
   assert int(state.step[0]) == steps_per_epoch
   assert logged_epochs(tmp_path) == [(1, steps_per_epoch)]
   assert closed_writers and all(writer.closed for writer in closed_writers)
   monkeypatch.undo()
-  train.train_and_evaluate(config, str(tmp_path))
+  train.train_and_evaluate(experiment.build(config), str(tmp_path))
   # Resumed at the next epoch: each epoch is reported once.
   assert logged_epochs(tmp_path) == [(1, steps_per_epoch), (2, 2 * steps_per_epoch)]
 
@@ -57,10 +57,10 @@ def test_a_stop_on_an_epochs_last_step_still_reports_that_epoch(
 def test_a_stop_mid_epoch_reports_the_epoch_after_the_resume(
     config, tmp_path, monkeypatch):
   stop_at(monkeypatch, 1)
-  train.train_and_evaluate(config, str(tmp_path))
+  train.train_and_evaluate(experiment.build(config), str(tmp_path))
   assert logged_epochs(tmp_path) == []
   monkeypatch.undo()
-  train.train_and_evaluate(config, str(tmp_path))
+  train.train_and_evaluate(experiment.build(config), str(tmp_path))
   assert [epoch for epoch, _ in logged_epochs(tmp_path)] == [1, 2]
 
 
@@ -86,7 +86,7 @@ def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes(
   workdir = small_disk / 'w'
   checkpoints = workdir / 'checkpoints'
   with pytest.raises(UserError) as error:
-    train.train_and_evaluate(two_steps, str(workdir))
+    train.train_and_evaluate(experiment.build(two_steps), str(workdir))
   assert re.fullmatch(
       f'Cannot save the checkpoint of step 2 in {checkpoints} \\(No space left on '
       r'device: it needs \d+ MiB, \d+ MiB are free\): stopped. The last good '
@@ -96,7 +96,7 @@ def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes(
   assert sorted(os.listdir(checkpoints)) == ['1']
   # With space freed, the same command resumes from step 1.
   subprocess.run(['mount', '-o', 'remount,size=8m', str(small_disk)], check=True)
-  train.train_and_evaluate(two_steps, str(workdir))
+  train.train_and_evaluate(experiment.build(two_steps), str(workdir))
   assert sorted(os.listdir(checkpoints)) == ['1', '2']
   assert logged_epochs(workdir) == [(1, 2)]
 
@@ -107,7 +107,7 @@ def test_a_timed_checkpoint_is_saved_when_its_minutes_have_passed(config, tmp_pa
   two_steps = config.copy_and_resolve_references()
   two_steps.num_train_steps = 2  # The first epoch has 3 steps: step 1 is mid-epoch.
   two_steps.checkpoint_every_minutes = 1e-9  # Passed after every step.
-  train.train_and_evaluate(two_steps, str(tmp_path))
+  train.train_and_evaluate(experiment.build(two_steps), str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']
 
 
@@ -116,7 +116,7 @@ def test_an_os_error_after_a_save_names_the_file_and_the_checkpoint(config, tmp_
   one_step.num_train_steps = 1
   (tmp_path / 'curves.png').mkdir()  # Where the epoch's curves are drawn.
   with pytest.raises(UserError) as error:
-    train.train_and_evaluate(one_step, str(tmp_path))
+    train.train_and_evaluate(experiment.build(one_step), str(tmp_path))
   assert str(error.value).startswith(
       f'Is a directory ({tmp_path}/curves.png): stopped. The last good checkpoint is '
       f'step 1 in {tmp_path}/checkpoints;'), error.value
@@ -126,12 +126,13 @@ def test_an_epoch_logs_the_learning_rate_of_its_last_update(config, tmp_path):
   cosine = config.copy_and_resolve_references()
   cosine.schedule = 'cosine'
   steps_per_epoch = 3
-  schedule = train_state.create_learning_rate_fn(cosine, steps_per_epoch)
+  schedule = experiment.create_learning_rate_fn(cosine, steps_per_epoch)
   last_step = 2 * steps_per_epoch  # The run's end, where the schedule reaches 0.
   metrics = {'loss': 2.0, 'correct': 1.0, 'count': 16.0}
   with MetricWriter(str(tmp_path)) as writer:
-    train.report_epoch(writer, cosine, str(tmp_path), last_step, 1, steps_per_epoch,
-                       metrics, {'loss': 2.0, 'accuracy': 0.1}, 10.0)
+    train.report_epoch(writer, str(tmp_path), last_step, 1, metrics,
+                       {'loss': 2.0, 'accuracy': 0.1}, 10.0,
+                       float(experiment.build(cosine).learning_rate_fn(last_step - 1)))
   with open(tmp_path / 'metrics.jsonl') as f:
     logged = json.loads(f.readline())['learning_rate']
   assert float(schedule(last_step)) == 0.0

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from googlenet_jax import experiment
 from googlenet_jax import summary
 from googlenet_jax import train_state
 from googlenet_jax.models import ConvBlock, GoogLeNet, Inception, conv_lowering
@@ -160,7 +161,7 @@ def test_indexed_max_pool_gives_max_pool_and_its_gradient(window, stride, paddin
 
 def test_googlenet_gives_the_same_logits_in_both_forms():
   images = uniform((2, 32, 32, 1), seed=3)
-  variables = train_state.init_variables(GoogLeNet(), 32, jax.random.key(0))
+  variables = train_state.init_variables(GoogLeNet(), (32, 32, 1), jax.random.key(0))
   logits = {form: train_state.jit_run_once(googlenet_in(form).apply)(variables, images)
             for form in ('xla', 'matmul')}
   chex.assert_trees_all_close(logits['matmul'], logits['xla'], rtol=1e-4, atol=1e-5)
@@ -208,5 +209,6 @@ def test_flops_count_convolutions_not_their_padded_matmuls(config):
   for form in ('matmul', 'xla'):
     form_config = config.copy_and_resolve_references()
     form_config.conv_lowering = form
-    tables[form] = summary.summary_table(form_config)
+    tables[form] = summary.summary_table(experiment.create_model(form_config), 'googlenet',
+                                         (96, 96, 1))
   assert tables['matmul'] == tables['xla']

@@ -21,6 +21,7 @@ from conftest import REPO, start_main
 from gcs_server import free_port
 from googlenet_jax import distributed
 from googlenet_jax import evaluate
+from googlenet_jax import experiment
 from googlenet_jax import jax_internals
 from googlenet_jax import predict
 from googlenet_jax import sharding
@@ -53,7 +54,7 @@ def test_a_run_in_a_bucket_is_killed_resumes_bit_exactly_and_is_evaluated(
   assert evaluator.returncode == 0, stderr[-3000:]
   assert 'Checkpoint at step ' in stdout
   # Resumed (here, in process) it ends where the uninterrupted run does, to the bit.
-  resumed = sharding.unreplicate(train.train_and_evaluate(config, workdir))
+  resumed = sharding.unreplicate(train.train_and_evaluate(experiment.build(config), workdir))
   expected = sharding.unreplicate(trained[1])
   assert int(resumed.step) == int(expected.step) == 6
   chex.assert_trees_all_equal(resumed.params, expected.params)
@@ -65,10 +66,10 @@ def test_a_run_in_a_bucket_is_killed_resumes_bit_exactly_and_is_evaluated(
   assert mpimg.imread(io.BytesIO((run / 'curves.png').read_bytes())).ndim == 3
   assert any(p.name.startswith('events.out.tfevents') for p in run.iterdir())
   # Evaluated and predicted from the bucket.
-  result = evaluate.evaluate_checkpoint(config, workdir)
+  result = evaluate.evaluate_checkpoint(experiment.build_inference(config, workdir), workdir)
   assert result['step'] == 6
   assert json.loads((run / 'eval.json').read_text())['accuracy'] == result['accuracy']
-  path = predict.predict_checkpoint(config, workdir)
+  path = predict.predict_checkpoint(experiment.build_inference(config, workdir), workdir)
   assert path == f'{workdir}/predictions.png'
   assert mpimg.imread(io.BytesIO(epath.Path(path).read_bytes())).shape[2] in (3, 4)
   assert not os.path.exists(os.path.join(REPO, 'gs:'))  # Nothing written locally.
@@ -134,8 +135,10 @@ def test_every_process_writes_its_compiled_programs_to_the_cache(monkeypatch):
 def test_hosts_started_with_different_configs_are_refused(config, monkeypatch):
   other = config.copy_and_resolve_references()
   other.learning_rate *= 2
-  digests = [distributed.config_digest(config), distributed.config_digest(other)]
-  assert digests[0] == distributed.config_digest(config.copy_and_resolve_references())
+  text = lambda c: experiment.build(c, load_data=False).config_text
+  digests = [distributed.config_digest(text(c)) for c in (config, other)]
+  assert digests[0] == distributed.config_digest(text(config.copy_and_resolve_references()))
+  config_text = text(config)
   assert digests[0] != digests[1]
   # What process_allgather returns to both processes: the same step, two configs.
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
@@ -143,4 +146,4 @@ def test_hosts_started_with_different_configs_are_refused(config, monkeypatch):
                       lambda mine: np.array([[3, digests[0]], [3, digests[1]]], np.int32))
   with pytest.raises(UserError, match='The config of process 1 differs from that of '
                                       'process 0: run the same command'):
-    distributed.check_hosts_agree(3, config, 'gs://b/run')
+    distributed.check_hosts_agree(3, config_text, 'gs://b/run')

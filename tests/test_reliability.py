@@ -20,15 +20,15 @@ import pytest
 import cloud_tpu_vm
 from conftest import REPO, run_main, start_main
 from compare_runs import update_difference
-from fake_data import NUM_TEST, NUM_TRAIN
+from fake_data import NUM_TEST
 from gcs_server import free_port
 from googlenet_jax import checkpoint
 from googlenet_jax import config_fields
 from googlenet_jax import evaluate
+from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
 from googlenet_jax import sharding
 from googlenet_jax import train
-from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError
 
@@ -38,7 +38,7 @@ AGENT_WORKER_NUMBER = '/computeMetadata/v1/instance/attributes/agent-worker-numb
 
 def final_state(config, workdir):
   """The latest checkpoint in `workdir`, as host arrays."""
-  target = train_state.abstract_train_state(config, train_state.create_model(config))
+  target = experiment.build(config, load_data=False).abstract_state()
   directory, steps = checkpoint.find_steps(workdir)
   return jax.device_get(checkpoint.restore(directory, steps, target,
                                            config_fields.record(config), resume=True)[1])
@@ -77,7 +77,7 @@ def long_config(config):
 @pytest.fixture(scope='module')
 def uninterrupted(long_config, tmp_path_factory):
   """The final state of the run that the interrupted ones must end with."""
-  return train.train_and_evaluate(long_config, str(tmp_path_factory.mktemp('whole')))
+  return train.train_and_evaluate(experiment.build(long_config), str(tmp_path_factory.mktemp('whole')))
 
 
 @pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
@@ -111,14 +111,14 @@ def test_a_killed_then_preempted_run_resumes_bit_exactly(long_config, uninterrup
 def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_path):
   short = long_config.copy_and_resolve_references()
   short.num_train_steps = 3
-  train.train_and_evaluate(short, str(tmp_path))
+  train.train_and_evaluate(experiment.build(short), str(tmp_path))
   # What a kill in the middle of Orbax's write of step 4 leaves behind.
   partial = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp-1234'
   shutil.copytree(tmp_path / 'checkpoints' / '3', partial)
   for path in partial.rglob('*'):
     if path.is_file():
       path.write_bytes(path.read_bytes()[:7])
-  train.train_and_evaluate(long_config, str(tmp_path))
+  train.train_and_evaluate(experiment.build(long_config), str(tmp_path))
   assert not partial.exists()  # Removed when the training started.
   resumed = final_state(long_config, tmp_path)
   chex.assert_trees_all_equal(resumed.params, sharding.unreplicate(uninterrupted.params))
@@ -173,17 +173,15 @@ def test_2_tpu_vm_hosts_join_stop_resume_and_train_like_1_of_8(long_config, tmp_
     for host in hosts:
       host.stop()
   one = sharding.unreplicate(
-      train.train_and_evaluate(short, str(tmp_path / 'one_host')))
+      train.train_and_evaluate(experiment.build(short), str(tmp_path / 'one_host')))
   two = final_state(short, workdir)
   assert int(two.step) == int(one.step) == 6
   # gloo sums the gradients in another order than one process does: compare
   # the whole update, as compare_runs explains, not each element.
-  initial = train_state.create_train_state(
-      jax.random.key(short.seed), short, train_state.create_model(short),
-      NUM_TRAIN // short.batch_size)
+  initial = experiment.build(short).initial_state()
   assert update_difference(two.params, one.params, initial.params) < 0.01
   # The 2-process checkpoint evaluates in one process.
-  evaluated = evaluate.evaluate_checkpoint(short, workdir)
+  evaluated = evaluate.evaluate_checkpoint(experiment.build_inference(short, workdir), workdir)
   assert (evaluated['step'], evaluated['num_examples']) == (6, NUM_TEST)
 
 
@@ -192,7 +190,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(config, tmp_pa
   good = config.copy_and_resolve_references()
   good.num_train_steps = 2
   good.checkpoint_every_steps = 1
-  train.train_and_evaluate(good, str(tmp_path))
+  train.train_and_evaluate(experiment.build(good), str(tmp_path))
   before = final_state(config, tmp_path)
   # From here the loss is NaN: labels past the last class pick no logit (the
   # same compiled step as above; an infinite learning rate would compile one).
@@ -204,7 +202,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(config, tmp_pa
   diverging = good.copy_and_resolve_references()
   diverging.num_train_steps = 4
   with pytest.raises(UserError) as error:
-    train.train_and_evaluate(diverging, str(tmp_path))
+    train.train_and_evaluate(experiment.build(diverging), str(tmp_path))
   assert 'not finite at step 3' in str(error.value)
   assert 'last good checkpoint is step 2' in str(error.value)
   assert finished_steps(tmp_path) == [1, 2]
@@ -267,7 +265,7 @@ def test_missing_data_names_the_package_to_install_and_writes_no_workdir(config,
   missing = config.copy_and_resolve_references()
   missing.source_dir, missing.data_dir = '/nonexistent', str(tmp_path / 'tfds')
   with pytest.raises(UserError, match='apt-get install dataset-fashion-mnist'):
-    train.train_and_evaluate(missing, str(tmp_path / 'workdir'))
+    train.train_and_evaluate(experiment.build(missing), str(tmp_path / 'workdir'))
   assert not os.path.exists(tmp_path / 'workdir')
 
 
@@ -279,7 +277,7 @@ def test_truncated_idx_file_names_the_file(config, tmp_path):
   truncated = config.copy_and_resolve_references()
   truncated.source_dir, truncated.data_dir = str(source), str(tmp_path / 'tfds')
   with pytest.raises(UserError, match='train-labels-idx1-ubyte'):
-    input_pipeline.load_sources(truncated)
+    experiment.load_dataset(truncated)
 
 
 @pytest.fixture(scope='module')
@@ -287,7 +285,7 @@ def one_step_workdir(config, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('one_step')
   one_step = config.copy_and_resolve_references()
   one_step.num_train_steps = 1
-  train.train_and_evaluate(one_step, str(workdir))
+  train.train_and_evaluate(experiment.build(one_step), str(workdir))
   return workdir
 
 
@@ -297,7 +295,7 @@ def test_checkpoint_of_another_image_size_is_refused(config, one_step_workdir):
   other_size.image_size = 64
   with pytest.raises(UserError, match='config.image_size is 64, but the checkpoint at '
                      'step 1 in .* was written with image_size=32'):
-    train.train_and_evaluate(other_size, str(one_step_workdir))
+    train.train_and_evaluate(experiment.build(other_size), str(one_step_workdir))
   assert finished_steps(one_step_workdir) == before
 
 
@@ -309,11 +307,11 @@ def test_truncated_checkpoint_file_is_a_user_error(config, one_step_workdir, tmp
       path.write_bytes(path.read_bytes()[:50])
   with pytest.raises(UserError,
                      match=r'No checkpoint in .* can be read \(steps 1; step 1: '):
-    evaluate.evaluate_checkpoint(config, str(workdir))
+    evaluate.evaluate_checkpoint(experiment.build_inference(config, str(workdir)), str(workdir))
 
 
 def test_unwritable_workdir_is_a_user_error(config, tmp_path):
   not_a_directory = tmp_path / 'file'
   not_a_directory.write_text('')
   with pytest.raises(UserError, match='Cannot write to the workdir'):
-    train.train_and_evaluate(config, str(not_a_directory / 'workdir'))
+    train.train_and_evaluate(experiment.build(config), str(not_a_directory / 'workdir'))

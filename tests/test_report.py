@@ -15,10 +15,11 @@ import pytest
 
 from googlenet_jax import eval_report
 from googlenet_jax import evaluate
-from googlenet_jax import input_pipeline
+from googlenet_jax import experiment
 from googlenet_jax import plots
 from googlenet_jax import predict
 from googlenet_jax import progress
+from googlenet_jax.data import fashion_mnist
 from fake_data import NUM_TEST
 
 # The tests of the shared trained run (conftest's `trained`), on one worker.
@@ -30,7 +31,7 @@ def evaluated(config, trained, tmp_path_factory):
   """A copy of the shared 2-epoch run, its checkpoint evaluated: workdir and result."""
   workdir = str(tmp_path_factory.mktemp('report') / 'w')
   shutil.copytree(trained[0], workdir)
-  return workdir, evaluate.evaluate_checkpoint(config, workdir)
+  return workdir, evaluate.evaluate_checkpoint(experiment.build_inference(config, workdir), workdir)
 
 
 def plotted_points(fig) -> dict[str, list[tuple[float, float]]]:
@@ -82,7 +83,7 @@ def test_eval_report_counts_every_example_once(evaluated):
   assert matrix.shape == (10, 10)
   assert matrix.sum() == saved['num_examples'] == NUM_TEST
   assert np.trace(matrix) / matrix.sum() == pytest.approx(saved['accuracy'])
-  assert list(saved['per_class_accuracy']) == list(input_pipeline.CLASS_NAMES)
+  assert list(saved['per_class_accuracy']) == list(fashion_mnist.CLASS_NAMES)
   counts = matrix.sum(axis=1)
   weighted = sum(count * accuracy for count, accuracy in
                  zip(counts, saved['per_class_accuracy'].values()))
@@ -110,7 +111,7 @@ def test_the_confusion_matrix_is_darkest_on_the_diagonal_of_a_good_model():
   rng = np.random.default_rng(0)
   matrix = rng.integers(0, 20, (10, 10)) + np.diag(rng.integers(60, 100, 10))
   darkness = cell_darkness(
-      plots.confusion_matrix_figure(matrix, input_pipeline.CLASS_NAMES), 10, 10)
+      plots.confusion_matrix_figure(matrix, fashion_mnist.CLASS_NAMES), 10, 10)
   off_diagonal = darkness[~np.eye(10, dtype=bool)]
   assert darkness.diagonal().min() > off_diagonal.max()
   # Darker for more: the order of the cells' darkness is the order of the counts.
@@ -120,16 +121,16 @@ def test_the_confusion_matrix_is_darkest_on_the_diagonal_of_a_good_model():
 def test_per_class_accuracy_of_a_class_without_examples_is_none():
   matrix = np.zeros((10, 10), int)
   matrix[0, 0], matrix[0, 1] = 3, 1
-  accuracy = eval_report.per_class_accuracy(matrix)
+  accuracy = eval_report.per_class_accuracy(matrix, fashion_mnist.CLASS_NAMES)
   assert accuracy['t-shirt/top'] == 0.75
   assert accuracy['trouser'] is None
 
 
 def test_eval_prints_each_class_and_plain_progress_lines(evaluated, config, capsys):
   workdir, _ = evaluated
-  result = evaluate.evaluate_checkpoint(config, workdir)
+  result = evaluate.evaluate_checkpoint(experiment.build_inference(config, workdir), workdir)
   out, err = capsys.readouterr()
-  for name in input_pipeline.CLASS_NAMES:
+  for name in fashion_mnist.CLASS_NAMES:
     assert any(line.startswith(name) for line in out.splitlines())
   assert f'{result["accuracy"]:.4f}' in out
   assert 'test step 2/2:' in err  # 23 examples in batches of 16.
@@ -138,16 +139,17 @@ def test_eval_prints_each_class_and_plain_progress_lines(evaluated, config, caps
 
 def test_predict_draws_the_first_test_images_and_their_classes(evaluated, config):
   workdir, _ = evaluated
-  path = predict.predict_checkpoint(config, workdir)
+  path = predict.predict_checkpoint(experiment.build_inference(config, workdir), workdir)
   assert path == os.path.join(workdir, 'predictions.png')
   assert mpimg.imread(path).ndim == 3
-  found = predict.predict(evaluate.restore_for_eval(config, workdir).state,
-                          input_pipeline.load_sources(config)['test'], config)
+  inference = experiment.build_inference(config, workdir)
+  found = predict.predict(inference.p_eval_step, inference.state, inference.test,
+                          inference.eval_batch_size, inference.num_predictions)
   fig = plots.predictions_figure(found['image'], found['label'], found['prediction'],
-                                 input_pipeline.CLASS_NAMES)
+                                 fashion_mnist.CLASS_NAMES)
   drawn = [ax for ax in fig.axes if ax.get_images()]
   assert len(drawn) == config.num_predictions == 18
-  names = input_pipeline.CLASS_NAMES
+  names = fashion_mnist.CLASS_NAMES
   for i, ax in enumerate(drawn):
     np.testing.assert_array_equal(ax.get_images()[0].get_array(), found['image'][i, ..., 0])
     title = ax.title
@@ -163,8 +165,10 @@ def test_predict_can_show_only_mistakes(evaluated, config):
   mistakes = config.copy_and_resolve_references()
   mistakes.predictions_only_mistakes = True
   mistakes.num_predictions = 5
-  found = predict.predict(evaluate.restore_for_eval(mistakes, workdir).state,
-                          input_pipeline.load_sources(mistakes)['test'], mistakes)
+  inference = experiment.build_inference(mistakes, workdir)
+  found = predict.predict(inference.p_eval_step, inference.state, inference.test,
+                          inference.eval_batch_size, inference.num_predictions,
+                          inference.predictions_only_mistakes)
   assert len(found['label']) == 5
   assert np.all(found['label'] != found['prediction'])
 

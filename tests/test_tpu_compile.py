@@ -20,8 +20,8 @@ from conftest import REPO, run_main
 from gcs_server import free_port
 from googlenet_jax import accelerators
 from googlenet_jax import compile_report
+from googlenet_jax import experiment
 from googlenet_jax import largest_batch
-from googlenet_jax import train_state
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
 
@@ -183,11 +183,10 @@ def test_a_batch_beyond_hbm_is_one_line(config, tmp_path):
 def test_auto_form_follows_the_platform_compiled_for(config):
   auto = config.copy_and_resolve_references()
   auto.conv_lowering = 'auto'
-  on_tpu = train_state.create_model(auto, platform='tpu')
-  on_cpu = train_state.create_model(auto, platform='cpu')
-  # One process holds both forms, each cached on its own.
-  assert on_tpu is train_state.create_model(auto, conv_form='xla')
-  assert on_cpu is train_state.create_model(auto, conv_form='matmul')
+  on_tpu = experiment.create_model(auto, platform='tpu')
+  on_cpu = experiment.create_model(auto, platform='cpu')
+  assert on_tpu == experiment.create_model(auto, conv_form='xla')
+  assert on_cpu == experiment.create_model(auto, conv_form='matmul')
   assert on_tpu.max_pool is conv_lowering.max_pool('xla')
   assert on_cpu.max_pool is conv_lowering.indexed_max_pool
 

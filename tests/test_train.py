@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from googlenet_jax import checkpoint
+from googlenet_jax import config_fields
 from googlenet_jax import evaluate
+from googlenet_jax import experiment
 from googlenet_jax import sharding
-from googlenet_jax import steps
 from googlenet_jax import train
-from googlenet_jax import train_state
 from googlenet_jax.errors import UserError
 from compare_runs import update_difference
 from fake_data import NUM_TEST, NUM_TRAIN
@@ -27,15 +27,14 @@ def fixed_batch(num_devices, per_device):
 
 
 def initial_state(config):
-  return train_state.create_train_state(jax.random.key(0), config,
-                                        train_state.create_model(config))
+  return experiment.build(config, load_data=False).initial_state()
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_train_steps_lower_the_loss_on_a_fixed_batch(config, dtype):
   config = config.copy_and_resolve_references()
   config.dtype = dtype
-  p_train_step = steps.pmap_train_step(config)
+  p_train_step = experiment.build(config, load_data=False).p_train_step
   state = sharding.replicate(initial_state(config))
   batch = fixed_batch(8, 2)
   losses = []
@@ -54,9 +53,9 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
   batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), batch8)
 
   one = jax.devices()[:1]
-  state1, metrics1 = steps.pmap_train_step(config, devices=one)(
+  state1, metrics1 = experiment.build(config, devices=one, load_data=False).p_train_step(
       sharding.replicate(state, one), batch1)
-  state8, metrics8 = steps.pmap_train_step(config)(sharding.replicate(state), batch8)
+  state8, metrics8 = experiment.build(config, load_data=False).p_train_step(sharding.replicate(state), batch8)
 
   # XLA's CPU gradients of one batch of 16 are off by ~0.8% (against float64)
   # where eight batches of 2 are exact to 1e-7, so the bound is loose; a missing
@@ -67,9 +66,11 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
 
   # The 1-device state, checkpointed as training does, evaluates on 8 devices.
   manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config.checkpoint_dir, str(tmp_path)))
-  train.save_checkpoint(manager, state1, config, float(metrics1['loss'][0]))
+  train.save_checkpoint(manager, state1, config_fields.record(config),
+                        float(metrics1['loss'][0]))
   manager.wait_until_finished()
-  evaluated = evaluate.evaluate_checkpoint(config, str(tmp_path))
+  evaluated = evaluate.evaluate_checkpoint(experiment.build_inference(config, str(tmp_path)),
+                                           str(tmp_path))
   assert (evaluated['step'], evaluated['num_examples']) == (1, NUM_TEST)
 
 
@@ -95,8 +96,8 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(config, trained,
   _, uninterrupted = trained
   first_epoch = config.copy_and_resolve_references()
   first_epoch.num_epochs = 1
-  train.train_and_evaluate(first_epoch, str(tmp_path))
-  resumed = train.train_and_evaluate(config, str(tmp_path))
+  train.train_and_evaluate(experiment.build(first_epoch), str(tmp_path))
+  resumed = train.train_and_evaluate(experiment.build(config), str(tmp_path))
   chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
   chex.assert_trees_all_equal(resumed.step, uninterrupted.step)
 
@@ -104,7 +105,7 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(config, trained,
 def test_num_train_steps_stops_mid_epoch_and_logs(config, tmp_path):
   short = config.copy_and_resolve_references()
   short.num_train_steps = 2
-  state = train.train_and_evaluate(short, str(tmp_path))
+  state = train.train_and_evaluate(experiment.build(short), str(tmp_path))
   assert int(state.step[0]) == 2
   with open(tmp_path / 'metrics.jsonl') as f:
     assert [json.loads(line)['step'] for line in f] == [2]
@@ -112,12 +113,12 @@ def test_num_train_steps_stops_mid_epoch_and_logs(config, tmp_path):
 
 def test_eval_without_a_checkpoint_is_a_user_error(config, tmp_path):
   with pytest.raises(UserError, match='No checkpoint'):
-    evaluate.evaluate_checkpoint(config, str(tmp_path))
+    evaluate.evaluate_checkpoint(experiment.build_inference(config, str(tmp_path)), str(tmp_path))
 
 
 def test_batch_not_divisible_by_devices_is_refused_before_any_work(config, tmp_path):
   uneven = config.copy_and_resolve_references()
   uneven.batch_size = 12
   with pytest.raises(UserError, match='not divisible by the 8 devices'):
-    train.train_and_evaluate(uneven, str(tmp_path / 'w'))
+    train.train_and_evaluate(experiment.build(uneven), str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w')

@@ -15,6 +15,7 @@ import pytest
 
 from googlenet_jax import checkpoint
 from googlenet_jax import compare
+from googlenet_jax import experiment
 from googlenet_jax import models
 from googlenet_jax import sharding
 from googlenet_jax import summary
@@ -107,7 +108,7 @@ def shapes(model, image_size, train_mode=False):
 
 @pytest.mark.parametrize('name', sorted(models.MODELS))
 def test_variant_gives_logits_and_its_parameter_count(name):
-  model = models.MODELS[name](num_classes=10)
+  model = models.MODELS[name].constructor(num_classes=10)
   logits, variables = shapes(model, IMAGE_SIZE.get(name, 32))
   chex.assert_shape(logits, (2, 10))
   counts = (summary.count_params(variables['params']),
@@ -116,7 +117,7 @@ def test_variant_gives_logits_and_its_parameter_count(name):
 
 
 def test_registry_names_every_model():
-  assert set(models.MODELS) == set(PARAMS) == set(models.MIN_IMAGE_SIZE)
+  assert set(models.MODELS) == set(PARAMS)
   # --mode=compare shows the classic networks and every model but the tests'.
   assert set(compare.compared_models()) == (
       {'alexnet', 'vgg11', 'nin'} | set(models.MODELS) - {'googlenet_1block'})
@@ -127,7 +128,7 @@ def test_the_derived_count_is_the_chapters():
 
 
 def test_googlenet28_keeps_a_grid_down_to_b5():
-  model = models.MODELS['googlenet28']()
+  model = models.MODELS['googlenet28'].constructor()
   images = jnp.zeros((1, 28, 28, 1))
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
   _, state = jax.eval_shape(functools.partial(
@@ -149,8 +150,8 @@ def test_residual_block_is_the_input_plus_a_scaled_projection():
 
 @pytest.mark.parametrize('name', sorted(models.MODELS))
 def test_min_image_size_is_the_smallest_that_runs(name):
-  model = models.MODELS[name]()
-  size = models.MIN_IMAGE_SIZE[name]
+  model = models.MODELS[name].constructor()
+  size = models.MODELS[name].min_image_size
   assert summary.every_layer_has_pixels(model, size)
   assert not summary.every_layer_has_pixels(model, size - 1)
 
@@ -188,21 +189,21 @@ def test_the_chapters_optimizer_state_is_unchanged(config):
   """Checkpoints of the constant-rate recipe keep restoring: no step count added."""
   params = {'kernel': jnp.zeros((3, 3)), 'bias': jnp.zeros(3)}
   chex.assert_trees_all_equal_structs(
-      train_state.create_optimizer(config).init(params), optax.sgd(0.05).init(params))
+      experiment.create_optimizer(config, 1).init(params), optax.sgd(0.05).init(params))
 
 
 def test_cosine_schedule_warms_up_then_decays_and_decay_spares_biases(config):
   best = config.copy_and_resolve_references()
   best.update(schedule='cosine', warmup_epochs=1.0, num_epochs=3, momentum=0.9,
               nesterov=True, weight_decay=0.1, learning_rate=0.2)
-  lr = train_state.create_learning_rate_fn(best, steps_per_epoch=10)
+  lr = experiment.create_learning_rate_fn(best, steps_per_epoch=10)
   assert lr(0) == 0 and lr(5) == pytest.approx(0.1) and lr(10) == pytest.approx(0.2)
   assert lr(30) == pytest.approx(0.0)
   best.num_train_steps = 20  # A run cut short decays to 0 at its own end.
-  assert train_state.create_learning_rate_fn(best, steps_per_epoch=10)(20) == pytest.approx(0.0)
+  assert experiment.create_learning_rate_fn(best, steps_per_epoch=10)(20) == pytest.approx(0.0)
   best.num_train_steps = 5  # Shorter than the warmup: it only warms up.
-  assert train_state.create_learning_rate_fn(best, steps_per_epoch=10)(5) == pytest.approx(0.1)
-  tx = train_state.create_optimizer(best, steps_per_epoch=10)
+  assert experiment.create_learning_rate_fn(best, steps_per_epoch=10)(5) == pytest.approx(0.1)
+  tx = experiment.create_optimizer(best, steps_per_epoch=10)
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   _, opt_state = tx.update(zero_grads, tx.init(params), params)  # At lr 0.
@@ -222,7 +223,9 @@ class TinyBN(nn.Module):
 
 
 def tiny_state(config, model):
-  return train_state.create_train_state(jax.random.key(0), config, model)
+  return train_state.create_train_state(jax.random.key(0), model,
+                                        experiment.create_optimizer(config, 1),
+                                        (config.image_size, config.image_size, 1))
 
 
 def random_batch(num_devices, per_device, seed=0):
@@ -237,7 +240,7 @@ def random_batch(num_devices, per_device, seed=0):
 def bn_step(config):
   """The initial TinyBN state and its state after one pmapped step on 8 devices."""
   state = tiny_state(config, TinyBN())
-  p_train_step = steps.pmap_train_step(config)
+  p_train_step = experiment.build(config, load_data=False).p_train_step
   new_state, _ = p_train_step(sharding.replicate(state), random_batch(8, 2))
   return state, new_state
 
@@ -269,7 +272,7 @@ def test_batchnorm_statistics_stay_fixed_in_evaluation(config, bn_step):
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   _, updates = state.apply_fn(variables, images, mutable=['batch_stats'])
   chex.assert_trees_all_equal(updates['batch_stats'], state.batch_stats)
-  p_eval_step = steps.pmap_eval_step(config)
+  p_eval_step = experiment.build(config, load_data=False).p_eval_step
   first = p_eval_step(new_state, random_batch(8, 2, seed=1))
   chex.assert_trees_all_equal(first, p_eval_step(new_state, random_batch(8, 2, seed=1)))
 

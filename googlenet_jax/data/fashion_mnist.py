@@ -1,8 +1,9 @@
-"""Fashion-MNIST as a tfds dataset, built from the original IDX files.
+"""Fashion-MNIST as a tfds dataset, built from the original IDX files, held in memory.
 
 The builder needs no TensorFlow: it parses the four gzipped IDX files itself and
 writes `array_record` files, which `builder.as_data_source(split)` reads back
-by index.
+by index. `load` reads each split once into host memory (all of Fashion-MNIST
+is about 55 MB as uint8).
 """
 
 import gzip
@@ -10,11 +11,15 @@ import hashlib
 import os
 import zlib
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import requests
 import tensorflow_datasets as tfds
 
 from googlenet_jax import errors
+from googlenet_jax import input_pipeline
+from googlenet_jax.data.dataset import Dataset
 
 CLASS_NAMES = (
     't-shirt/top', 'trouser', 'pullover', 'dress', 'coat',
@@ -196,3 +201,19 @@ def get_builder(data_dir=None, source_dir=DEFAULT_SOURCE_DIR,
                             verify_checksums=verify_checksums)
   builder.download_and_prepare()  # Returns at once if already prepared.
   return builder
+
+
+def load(data_dir: str, *, source_dir: str = DEFAULT_SOURCE_DIR,
+         verify_checksums: bool = True) -> Dataset:
+  """Both splits in host memory, preparing the dataset into `data_dir` on first use.
+
+  The arguments are `get_builder`'s. With several processes, process 0
+  prepares first, so hosts sharing a data_dir never write it twice.
+  """
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      get_builder(data_dir, source_dir, verify_checksums)
+    multihost_utils.sync_global_devices('fashion_mnist_idx prepared')
+  builder = get_builder(data_dir, source_dir, verify_checksums)
+  return Dataset({split: input_pipeline.read_source(builder.as_data_source(split))
+                  for split in FILES}, CLASS_NAMES)

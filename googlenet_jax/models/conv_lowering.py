@@ -173,11 +173,15 @@ def uses_matmuls(form: str, backend: str | None = None) -> bool:
   return resolve(form, backend) == 'matmul'
 
 
+_MATMUL_CONV = functools.partial(Conv, conv_general_dilated=matmul_conv_general_dilated)
+
+
 def conv_module(form: str) -> Callable[..., nn.Module]:
-  """The models' `conv` field for a resolved `form`: the Xavier-initialised Conv, in that form."""
-  if _checked(form) == 'matmul':
-    return functools.partial(Conv, conv_general_dilated=matmul_conv_general_dilated)
-  return Conv
+  """The models' `conv` field for a resolved `form`: the Xavier-initialised Conv, in that form.
+
+  One object per form, so that models built alike compare equal.
+  """
+  return _MATMUL_CONV if _checked(form) == 'matmul' else Conv
 
 
 def max_pool(form: str) -> Callable[..., jax.Array]:

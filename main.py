@@ -19,9 +19,7 @@ if sys.version_info < (3, 11):
            % tuple(sys.version_info[:3]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import logging as std_logging
 import os
-import traceback
 
 from absl import app
 from absl import flags
@@ -29,19 +27,20 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from googlenet_jax import compare
-from googlenet_jax import compilation_cache
-from googlenet_jax import compile_mode
-from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import experiment
 from googlenet_jax import predict
-from googlenet_jax import summary
-from googlenet_jax import topologies
-from googlenet_jax import tpu_vm
 from googlenet_jax import train
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError, describe_os_error
+from googlenet_jax.runtime import checkpoint_integrity
+from googlenet_jax.runtime import compilation_cache
+from googlenet_jax.runtime import distributed
+from googlenet_jax.runtime import tpu_vm
+from googlenet_jax.tools import compare
+from googlenet_jax.tools import compile_mode
+from googlenet_jax.tools import summary
+from googlenet_jax.tools import topologies
 
 FLAGS = flags.FLAGS
 # Eval and predict read the network from the checkpoint; the chapter's recipe
@@ -107,33 +106,6 @@ MODES = {
 }
 
 
-def keep_only_orbax_warnings(record) -> bool:
-  """Orbax logs each stage of every save at INFO; only its warnings are news.
-
-  They keep their one line, not a traceback: a failed write's is logged by each
-  of Orbax's threads, and the run reports the failure as one Error line.
-  """
-  if '/orbax/' not in record.pathname:
-    return True
-  record.exc_info = record.exc_text = None
-  return record.levelno >= std_logging.WARNING
-
-
-def drop_orbax_leftover_reports(unraisable) -> None:
-  """sys.unraisablehook without the tracebacks of a failed Orbax read's or write's rest.
-
-  When one array of a restore or save fails (a damaged checkpoint, a full disk),
-  Orbax's other reads are dropped and TensorStore's callbacks finish into the
-  event loop Orbax has closed, a traceback each; the run has already said what
-  failed, in one line.
-  """
-  stack = ''.join(traceback.format_tb(unraisable.exc_traceback))
-  closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
-                 and str(unraisable.exc_value) == 'Event loop is closed')
-  if not (closed_loop or '/orbax/checkpoint/' in stack):
-    sys.__unraisablehook__(unraisable)
-
-
 def exit_with_error(message: str) -> None:
   print(f'Error: {message}', file=sys.stderr)
   sys.exit(1)
@@ -183,8 +155,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   check_flags()
-  logging.get_absl_handler().addFilter(keep_only_orbax_warnings)
-  sys.unraisablehook = drop_orbax_leftover_reports
+  checkpoint_integrity.quiet_orbax()
   try:
     config = FLAGS.config
     validation.check_config(config)

@@ -23,9 +23,9 @@ import jax
 import ml_collections
 
 from benchmarks import benchmark
-from googlenet_jax import compilation_cache
 from googlenet_jax import experiment
 from googlenet_jax import sharding
+from googlenet_jax.runtime import compilation_cache
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('field', None, 'The config field to vary, e.g. dtype.')

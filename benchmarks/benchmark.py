@@ -34,12 +34,8 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from googlenet_jax import compilation_cache
-from googlenet_jax import compile_report
 from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
-from googlenet_jax import preemption
-from googlenet_jax import progress
 from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train
@@ -47,6 +43,10 @@ from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
+from googlenet_jax.runtime import compilation_cache
+from googlenet_jax.runtime import preemption
+from googlenet_jax.runtime import progress
+from googlenet_jax.tools import compile_report
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs',
                                'fmnist96.py')

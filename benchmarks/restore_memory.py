@@ -22,9 +22,9 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from googlenet_jax import checkpoint
-from googlenet_jax import config_fields
 from googlenet_jax import experiment
+from googlenet_jax.runtime import checkpoint
+from googlenet_jax.runtime import config_fields
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/fmnist96.py', 'Config file.',

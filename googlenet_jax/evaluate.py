@@ -10,11 +10,11 @@ import numpy as np
 
 from googlenet_jax import eval_report
 from googlenet_jax import input_pipeline
-from googlenet_jax import progress
 from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax.experiment import Inference
+from googlenet_jax.runtime import progress
 
 
 def add_metrics(total: steps.Metrics | None, metrics: steps.Metrics) -> steps.Metrics:

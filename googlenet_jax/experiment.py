@@ -19,14 +19,14 @@ import ml_collections
 import optax
 
 from googlenet_jax import augment
-from googlenet_jax import checkpoint
-from googlenet_jax import config_fields
 from googlenet_jax import data
 from googlenet_jax import input_pipeline
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError
+from googlenet_jax.runtime import checkpoint
+from googlenet_jax.runtime import config_fields
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ import numpy as np
 
 from googlenet_jax import errors
 from googlenet_jax import sharding
-from googlenet_jax.validation import check_batch_size
 
 # Examples per read from the tfds data source while loading a split.
 _READ_CHUNK = 10_000
@@ -109,7 +108,7 @@ def train_batches(source: ArraySource, *, global_batch_size: int, seed: int,
     {'image': uint8 [num_local_devices, per_device, H, W, C],
      'label': int32 [num_local_devices, per_device]}.
   """
-  check_batch_size(global_batch_size, process_count * num_local_devices)
+  sharding.check_batch_size(global_batch_size, process_count * num_local_devices)
   local_batch_size = global_batch_size // process_count
   order = np.random.default_rng((seed, epoch)).permutation(len(source))
   for step in range(start_step, steps_per_epoch(len(source),
@@ -138,7 +137,7 @@ def eval_batches(source: ArraySource, *, global_batch_size: int,
     As `train_batches`, plus 'mask': bool [num_local_devices, per_device],
     True for real examples.
   """
-  check_batch_size(global_batch_size, process_count * num_local_devices,
+  sharding.check_batch_size(global_batch_size, process_count * num_local_devices,
                    'eval_batch_size')
   local_batch_size = global_batch_size // process_count
   num_examples = len(source)

@@ -12,6 +12,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from googlenet_jax.errors import UserError
+
 AXIS = 'batch'  # The name of the device axis of the pmapped steps.
 
 
@@ -41,3 +43,21 @@ def unreplicate(tree):
   gather per leaf, seconds for GoogLeNet's 250 leaves.
   """
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+
+
+def check_batch_size(batch_size: int, num_devices: int,
+                     field: str = 'batch_size') -> None:
+  """Raises UserError unless `batch_size` splits evenly over the devices.
+
+  Args:
+    batch_size: the global batch size.
+    num_devices: the devices over all processes.
+    field: the config field the user should change.
+  """
+  if batch_size <= 0:
+    raise UserError(f'{field} {batch_size} must be positive')
+  if batch_size % num_devices:
+    suggestion = -(-batch_size // num_devices) * num_devices
+    raise UserError(
+        f'{field} {batch_size} is not divisible by the {num_devices} devices: '
+        f'use a multiple of {num_devices} (e.g. --config.{field}={suggestion})')

@@ -16,20 +16,20 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from googlenet_jax import checkpoint
-from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import input_pipeline
 from googlenet_jax import plots
-from googlenet_jax import preemption
-from googlenet_jax import progress
 from googlenet_jax import sharding
 from googlenet_jax import steps
 from googlenet_jax import train_state
-from googlenet_jax import workdirs
-from googlenet_jax.experiment import Experiment
 from googlenet_jax.errors import UserError, describe_os_error
-from googlenet_jax.metric_writers import MetricWriter
+from googlenet_jax.experiment import Experiment
+from googlenet_jax.runtime import checkpoint
+from googlenet_jax.runtime import distributed
+from googlenet_jax.runtime import preemption
+from googlenet_jax.runtime import progress
+from googlenet_jax.runtime import workdirs
+from googlenet_jax.runtime.metric_writers import MetricWriter
 
 
 def save_checkpoint(manager, state: train_state.TrainState, record: dict,

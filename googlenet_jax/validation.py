@@ -4,6 +4,7 @@ import ml_collections
 
 from googlenet_jax import data
 from googlenet_jax import models
+from googlenet_jax import sharding
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
 
@@ -55,7 +56,7 @@ def check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int,
                       fields: tuple[str, ...] = ('batch_size', 'eval_batch_size')) -> None:
   """Raises UserError unless each batch size of `fields` splits over `num_devices`."""
   for field in fields:
-    check_batch_size(config[field], num_devices, field)
+    sharding.check_batch_size(config[field], num_devices, field)
 
 
 def check_choice(config: ml_collections.ConfigDict, field: str, choices) -> None:
@@ -63,21 +64,3 @@ def check_choice(config: ml_collections.ConfigDict, field: str, choices) -> None
   if config[field] not in choices:
     raise UserError(f'Unknown config.{field} {config[field]!r}: choose one of '
                     f'{", ".join(sorted(choices))} (--config.{field}=NAME).')
-
-
-def check_batch_size(batch_size: int, num_devices: int,
-                     field: str = 'batch_size') -> None:
-  """Raises UserError unless `batch_size` splits evenly over the devices.
-
-  Args:
-    batch_size: the global batch size.
-    num_devices: the devices over all processes.
-    field: the config field the user should change.
-  """
-  if batch_size <= 0:
-    raise UserError(f'{field} {batch_size} must be positive')
-  if batch_size % num_devices:
-    suggestion = -(-batch_size // num_devices) * num_devices
-    raise UserError(
-        f'{field} {batch_size} is not divisible by the {num_devices} devices: '
-        f'use a multiple of {num_devices} (e.g. --config.{field}={suggestion})')

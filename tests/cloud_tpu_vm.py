@@ -15,7 +15,7 @@ runs unchanged here. Stood in:
   whose environment a main.py process inherits), which keeps its GceTpuCluster
   from asking the metadata server; on a VM nothing sets it, so this file's
   launcher unsets it after `import jax`. Each simulated host has its own libtpu
-  lock file (each VM has its own /tmp): `googlenet_jax.tpu_vm.LIBTPU_LOCK_FILE`.
+  lock file (each VM has its own /tmp): `googlenet_jax.runtime.tpu_vm.LIBTPU_LOCK_FILE`.
 
 Run as a script, it is that launcher: `python tests/cloud_tpu_vm.py ARGS` runs
 main.py ARGS as the host the environment of `TpuVmHost.environ` describes.
@@ -124,7 +124,7 @@ def run_main_as_this_host(args: list[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top,unused-import
   os.environ.pop('TPU_SKIP_MDS_QUERY', None)  # Set only because there are no chips.
   sys.path.insert(0, REPO)
-  from googlenet_jax import tpu_vm  # pylint: disable=g-import-not-at-top
+  from googlenet_jax.runtime import tpu_vm  # pylint: disable=g-import-not-at-top
   tpu_vm.LIBTPU_LOCK_FILE = os.environ[LOCK_FILE_VARIABLE]
   sys.argv = ['main.py', *args]
   runpy.run_path(os.path.join(REPO, 'main.py'), run_name='__main__')

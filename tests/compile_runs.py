@@ -6,11 +6,11 @@ import jax
 import numpy as np
 
 from conftest import run_main
-from googlenet_jax import accelerators
-from googlenet_jax import compile_mode
 from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
-from googlenet_jax import summary
+from googlenet_jax.tools import accelerators
+from googlenet_jax.tools import compile_mode
+from googlenet_jax.tools import summary
 
 
 # A GPU compile here checks the program XLA makes (memory, cuDNN calls,

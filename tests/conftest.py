@@ -18,9 +18,9 @@ import pytest
 
 from fake_data import write_dataset
 from gcs_server import GcsServer
-from googlenet_jax import compilation_cache
 from googlenet_jax import experiment
 from googlenet_jax import train
+from googlenet_jax.runtime import compilation_cache
 
 chex.set_n_cpu_devices(8)
 # One cache for the session: pytest-xdist's workers inherit the variable from

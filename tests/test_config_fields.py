@@ -1,4 +1,4 @@
-"""Every field of every shipped config has one role (googlenet_jax/config_fields.py)."""
+"""Every field of every shipped config has one role (googlenet_jax/runtime/config_fields.py)."""
 
 import glob
 import os
@@ -7,7 +7,7 @@ import runpy
 import pytest
 
 from conftest import REPO
-from googlenet_jax import config_fields
+from googlenet_jax.runtime import config_fields
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', '*.py'))),

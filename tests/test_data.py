@@ -251,7 +251,7 @@ def test_batch_not_divisible_by_devices_raises_user_error(sources):
 
 def test_batch_size_must_be_positive():
   with pytest.raises(errors.UserError, match='batch_size 0 must be positive'):
-    input_pipeline.check_batch_size(0, 8)
+    sharding.check_batch_size(0, 8)
 
 
 def test_steps_per_epoch_drops_the_remainder():

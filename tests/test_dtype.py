@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from googlenet_jax import compile_mode
 from googlenet_jax import evaluate
 from googlenet_jax import experiment
 from googlenet_jax import predict
@@ -16,6 +15,7 @@ from googlenet_jax import steps
 from googlenet_jax import train
 from googlenet_jax import train_state
 from googlenet_jax.models import GoogLeNet
+from googlenet_jax.tools import compile_mode
 from conftest import IMAGE_SIZE, uniform
 from fake_data import NUM_TEST, NUM_TRAIN
 

@@ -16,9 +16,9 @@ import pytest
 from compile_runs import (compile_for, flops_per_image, num_conv_layers, num_params,
                           second_host_input, xla_flags)
 from conftest import REPO, run_main
-from googlenet_jax import accelerators
-from googlenet_jax import largest_batch
-from googlenet_jax import topologies
+from googlenet_jax.tools import accelerators
+from googlenet_jax.tools import largest_batch
+from googlenet_jax.tools import topologies
 
 needs_cuda_plugin = pytest.mark.skipif(
     topologies.gpu_compiler_version() != jax.__version__,

@@ -1,4 +1,4 @@
-"""The private JAX names that googlenet_jax/jax_internals.py uses, as it uses them.
+"""The private JAX names that googlenet_jax/runtime/jax_internals.py uses, as it uses them.
 
 When a JAX release moves or reshapes one, a test fails naming the name, the JAX
 version and what it found there instead.
@@ -76,8 +76,8 @@ def test_only_jax_internals_uses_private_jax_and_each_module_it_imports_is_check
     with open(path) as f:
       if 'jax._src' in f.read():
         users.append(os.path.relpath(path, REPO))
-  assert users == ['googlenet_jax/jax_internals.py'], users
-  with open(os.path.join(REPO, 'googlenet_jax/jax_internals.py')) as f:
+  assert users == ['googlenet_jax/runtime/jax_internals.py'], users
+  with open(os.path.join(REPO, 'googlenet_jax/runtime/jax_internals.py')) as f:
     imported = [f'{package}.{name}' for package, name in
                 re.findall(r'^from (jax\._src\S*) import (\w+)', f.read(), re.M)]
   checked = {*FUNCTIONS, *VALUES}

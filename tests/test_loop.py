@@ -9,11 +9,11 @@ import subprocess
 import pytest
 
 from googlenet_jax import experiment
-from googlenet_jax import preemption
-from googlenet_jax import progress
 from googlenet_jax import train
 from googlenet_jax.errors import UserError
-from googlenet_jax.metric_writers import MetricWriter
+from googlenet_jax.runtime import preemption
+from googlenet_jax.runtime import progress
+from googlenet_jax.runtime.metric_writers import MetricWriter
 from fake_data import NUM_TRAIN
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from googlenet_jax import experiment
-from googlenet_jax import summary
 from googlenet_jax import train_state
 from googlenet_jax.models import ConvBlock, GoogLeNet, Inception, conv_lowering
+from googlenet_jax.tools import summary
 from conftest import normal, uniform
 
 

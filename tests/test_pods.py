@@ -19,15 +19,15 @@ import pytest
 
 from conftest import REPO, start_main
 from gcs_server import free_port
-from googlenet_jax import distributed
 from googlenet_jax import evaluate
 from googlenet_jax import experiment
-from googlenet_jax import jax_internals
 from googlenet_jax import predict
 from googlenet_jax import sharding
 from googlenet_jax import train
-from googlenet_jax import workdirs
 from googlenet_jax.errors import UserError
+from googlenet_jax.runtime import distributed
+from googlenet_jax.runtime import jax_internals
+from googlenet_jax.runtime import workdirs
 
 
 def wait_for_step(process, gcs, workdir: str, step: int, timeout=240) -> None:

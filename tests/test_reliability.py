@@ -22,8 +22,6 @@ from conftest import REPO, run_main, start_main
 from compare_runs import update_difference
 from fake_data import NUM_TEST
 from gcs_server import free_port
-from googlenet_jax import checkpoint
-from googlenet_jax import config_fields
 from googlenet_jax import evaluate
 from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
@@ -31,6 +29,8 @@ from googlenet_jax import sharding
 from googlenet_jax import train
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError
+from googlenet_jax.runtime import checkpoint
+from googlenet_jax.runtime import config_fields
 
 NUM_EPOCHS = 4  # 12 steps of 16 examples: long enough to kill in the middle.
 AGENT_WORKER_NUMBER = '/computeMetadata/v1/instance/attributes/agent-worker-number'
@@ -77,7 +77,8 @@ def long_config(config):
 @pytest.fixture(scope='module')
 def uninterrupted(long_config, tmp_path_factory):
   """The final state of the run that the interrupted ones must end with."""
-  return train.train_and_evaluate(experiment.build(long_config), str(tmp_path_factory.mktemp('whole')))
+  return train.train_and_evaluate(experiment.build(long_config),
+                                  str(tmp_path_factory.mktemp('whole')))
 
 
 @pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.

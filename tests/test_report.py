@@ -18,8 +18,8 @@ from googlenet_jax import evaluate
 from googlenet_jax import experiment
 from googlenet_jax import plots
 from googlenet_jax import predict
-from googlenet_jax import progress
 from googlenet_jax.data import fashion_mnist
+from googlenet_jax.runtime import progress
 from fake_data import NUM_TEST
 
 # The tests of the shared trained run (conftest's `trained`), on one worker.

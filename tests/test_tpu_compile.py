@@ -18,12 +18,12 @@ from compile_runs import (compile_for, flops_per_image, num_conv_layers, num_par
                           second_host_input)
 from conftest import REPO, run_main
 from gcs_server import free_port
-from googlenet_jax import accelerators
-from googlenet_jax import compile_report
 from googlenet_jax import experiment
-from googlenet_jax import largest_batch
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
+from googlenet_jax.tools import accelerators
+from googlenet_jax.tools import compile_report
+from googlenet_jax.tools import largest_batch
 
 # requirements.txt installs libtpu where it has wheels; elsewhere nothing compiles for a TPU.
 needs_libtpu = pytest.mark.skipif(

@@ -20,7 +20,7 @@ from fake_data import NUM_TEST, NUM_TRAIN
 from gcs_server import free_port
 from googlenet_jax import evaluate
 from googlenet_jax import experiment
-from googlenet_jax import tpu_vm
+from googlenet_jax.runtime import tpu_vm
 
 # What libtpu does with its lock file while a process uses the chips: a POSIX
 # write lock on the whole file, held until the process ends.
@@ -87,7 +87,8 @@ def test_eval_beside_the_chips_holder_runs_on_the_cpu_and_restores_8_devices_on_
     config, trained, vm, tmp_path):
   workdir = tmp_path / 'w'
   shutil.copytree(trained[0], workdir)
-  on_8 = evaluate.evaluate_checkpoint(experiment.build_inference(config, str(workdir)), str(workdir))
+  on_8 = evaluate.evaluate_checkpoint(experiment.build_inference(config, str(workdir)),
+                                      str(workdir))
   # Eval while a training holds the chips: on 1 CPU device, with one warning.
   with process_holding(vm.lock_file) as pid:
     result = run_main(workdir, config, '--mode=eval', num_devices=1,

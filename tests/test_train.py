@@ -8,13 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from googlenet_jax import checkpoint
-from googlenet_jax import config_fields
 from googlenet_jax import evaluate
 from googlenet_jax import experiment
 from googlenet_jax import sharding
 from googlenet_jax import train
 from googlenet_jax.errors import UserError
+from googlenet_jax.runtime import checkpoint
+from googlenet_jax.runtime import config_fields
 from compare_runs import update_difference
 from fake_data import NUM_TEST, NUM_TRAIN
 
@@ -55,7 +55,8 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
   one = jax.devices()[:1]
   state1, metrics1 = experiment.build(config, devices=one, load_data=False).p_train_step(
       sharding.replicate(state, one), batch1)
-  state8, metrics8 = experiment.build(config, load_data=False).p_train_step(sharding.replicate(state), batch8)
+  p_train_step8 = experiment.build(config, load_data=False).p_train_step
+  state8, metrics8 = p_train_step8(sharding.replicate(state), batch8)
 
   # XLA's CPU gradients of one batch of 16 are off by ~0.8% (against float64)
   # where eight batches of 2 are exact to 1e-7, so the bound is loose; a missing
@@ -65,7 +66,8 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
   chex.assert_trees_all_close(metrics8['loss'][0], metrics1['loss'][0], rtol=1e-5)
 
   # The 1-device state, checkpointed as training does, evaluates on 8 devices.
-  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(config.checkpoint_dir, str(tmp_path)))
+  manager = checkpoint.create_manager(
+      checkpoint.checkpoint_dir(config.checkpoint_dir, str(tmp_path)))
   train.save_checkpoint(manager, state1, config_fields.record(config),
                         float(metrics1['loss'][0]))
   manager.wait_until_finished()

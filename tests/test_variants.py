@@ -13,18 +13,18 @@ import numpy as np
 import optax
 import pytest
 
-from googlenet_jax import checkpoint
-from googlenet_jax import compare
 from googlenet_jax import experiment
 from googlenet_jax import models
 from googlenet_jax import sharding
-from googlenet_jax import summary
 from googlenet_jax import steps
 from googlenet_jax import train_state
 from googlenet_jax import validation
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import classic
 from googlenet_jax.models.googlenet import ConvBlock, global_average_pool
+from googlenet_jax.runtime import checkpoint
+from googlenet_jax.tools import compare
+from googlenet_jax.tools import summary
 from conftest import normal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,7 @@
 """The chapter's comparison points, as D2L defines them: AlexNet, VGG-11 and NiN.
 
 One input channel and `num_classes` outputs, NHWC. Pools are PyTorch's default
-(no padding), convs pad as D2L writes them. Used by googlenet_jax/compare.py to
+(no padding), convs pad as D2L writes them. Used by googlenet_jax/tools/compare.py to
 count parameters and FLOPs; not registered for training.
 """
 

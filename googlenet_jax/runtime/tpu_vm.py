@@ -18,8 +18,8 @@ import struct
 from absl import logging
 import jax
 
-from googlenet_jax import jax_internals
 from googlenet_jax.errors import UserError
+from googlenet_jax.runtime import jax_internals
 
 # libtpu's own, fixed path (libtpu 0.0.42.1 has no setting for it). The tests'
 # simulated hosts each set their own, as each VM has its own /tmp.

@@ -14,11 +14,11 @@ from typing import Callable
 
 import jax
 
-from googlenet_jax import accelerators
-from googlenet_jax import hlo_stats
-from googlenet_jax.accelerators import Accelerator, GiB
 from googlenet_jax.experiment import Experiment
 from googlenet_jax.models import conv_lowering
+from googlenet_jax.tools import accelerators
+from googlenet_jax.tools import hlo_stats
+from googlenet_jax.tools.accelerators import Accelerator, GiB
 
 
 ESTIMATE = "estimate from XLA's cost model, not a measurement"

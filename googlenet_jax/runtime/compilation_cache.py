@@ -18,7 +18,7 @@ import os
 
 import jax
 
-from googlenet_jax import jax_internals
+from googlenet_jax.runtime import jax_internals
 
 
 def enable(directory: str) -> None:

@@ -15,8 +15,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from googlenet_jax import jax_internals
 from googlenet_jax.errors import UserError
+from googlenet_jax.runtime import jax_internals
 
 
 def initialize(requested: bool = False, coordinator_address: str = '',

@@ -11,8 +11,8 @@ TPU compiles take minutes each.
 import math
 from typing import Callable
 
-from googlenet_jax.accelerators import Accelerator
 from googlenet_jax.errors import UserError
+from googlenet_jax.tools.accelerators import Accelerator
 
 # measure(per_chip_batch) compiles the train step at that per-chip batch:
 # {'per_chip_batch_size', 'needed_bytes' (None if XLA did not say), 'fits', 'compile_s'}.

@@ -26,7 +26,7 @@ class Chip:
   # allocator (XLA_PYTHON_CLIENT_MEM_FRACTION) and a GPU compile never fails.
   usable_fraction: float = 1.0
   chip_config: str = 'default'  # TPUs: 'megacore' where a chip's two TensorCores are one device.
-  spec_file: str = ''  # GPUs: XLA's GpuTargetConfigProto text, in googlenet_jax/gpu_specs/.
+  spec_file: str = ''  # GPUs: XLA's GpuTargetConfigProto text, in googlenet_jax/tools/gpu_specs/.
 
   @property
   def usable_bytes(self) -> int:

@@ -10,8 +10,8 @@ read a bit low.
 from typing import NamedTuple
 
 from googlenet_jax import models
-from googlenet_jax import summary
 from googlenet_jax.models import classic
+from googlenet_jax.tools import summary
 
 IMAGE_SIZES = (224, 96)
 

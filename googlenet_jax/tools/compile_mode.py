@@ -27,18 +27,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from googlenet_jax import accelerators
-from googlenet_jax import compile_report
 from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
-from googlenet_jax import largest_batch
 from googlenet_jax import steps
-from googlenet_jax import topologies
 from googlenet_jax import train_state
-from googlenet_jax import workdirs
-from googlenet_jax.accelerators import Accelerator
-from googlenet_jax.compile_report import CompiledStep
 from googlenet_jax.errors import UserError
+from googlenet_jax.runtime import workdirs
+from googlenet_jax.tools import accelerators
+from googlenet_jax.tools import compile_report
+from googlenet_jax.tools import largest_batch
+from googlenet_jax.tools import topologies
+from googlenet_jax.tools.accelerators import Accelerator
+from googlenet_jax.tools.compile_report import CompiledStep
 
 
 @dataclasses.dataclass(frozen=True)

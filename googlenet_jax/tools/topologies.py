@@ -2,7 +2,7 @@
 
 libtpu (requirements.txt) describes TPU slices. JAX's CUDA plugin
 (requirements-gpu-compile.txt) describes hosts of GPUs from XLA's spec of the
-GPU (googlenet_jax/gpu_specs/), with no GPU and no NVIDIA driver. Both need
+GPU (googlenet_jax/tools/gpu_specs/), with no GPU and no NVIDIA driver. Both need
 JAX to compute on the CPU only, set before it starts a backend: `prepare_host`.
 
 The CUDA plugin lives in a directory of its own, GPU_COMPILER_DIR, not in the
@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import jax
 
-from googlenet_jax import accelerators
 from googlenet_jax.errors import UserError
+from googlenet_jax.tools import accelerators
 
 
 class Compiler(NamedTuple):
@@ -33,8 +33,8 @@ class Compiler(NamedTuple):
 # pip install --no-deps --target GPU_COMPILER_DIR -r requirements-gpu-compile.txt
 GPU_COMPILER_DIR = os.environ.get(
     'GOOGLENET_JAX_GPU_COMPILER',
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                 '.gpu-compiler'))
+    os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                                  os.pardir, '.gpu-compiler')))
 
 COMPILERS = {
     'tpu': Compiler('libtpu', ('libtpu',),

@@ -10,7 +10,7 @@ from typing import Mapping
 from etils import epath
 from tensorboardX import SummaryWriter
 
-from googlenet_jax import workdirs
+from googlenet_jax.runtime import workdirs
 
 
 class MetricWriter:

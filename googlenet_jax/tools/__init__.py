@@ -1,0 +1,1 @@
+"""Tools around the core: compiles for TPU slices and GPUs, summaries, comparisons."""

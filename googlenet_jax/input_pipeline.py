@@ -168,8 +168,7 @@ def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
   Not `flax.jax_utils.prefetch_to_device`: it copies each array once more on
   the host (re-stacking the device rows), and only `size - 1` batches wait
   while one is in use. Nor `jax.device_put`: `jax.make_array_from_callback`
-  makes the same arrays in a third of the host time on one CPU device (17 vs
-  50 us an array), which is most of the host's time per batch.
+  makes the same arrays in a third of its host time (docs/benchmarks.md).
 
   Args:
     batches: host batches, as `train_batches` and `eval_batches` yield.

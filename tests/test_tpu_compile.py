@@ -207,8 +207,8 @@ def test_docs_tpu_table_is_the_accelerator_table():
     assert accelerators.markdown_table('tpu') in f.read()
 
 
-def test_readme_tpu_vm_table_is_the_cloud_tpu_table():
-  with open(os.path.join(REPO, 'README.md')) as f:
+def test_docs_tpu_vm_table_is_the_cloud_tpu_table():
+  with open(os.path.join(REPO, 'docs/pods.md')) as f:
     assert accelerators.cloud_tpu_table() in f.read()
   # Every generation compiled for has its row, and every row a slice.
   assert ({tpu.chip for tpu in accelerators.CLOUD_TPUS} ==

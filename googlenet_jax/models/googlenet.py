@@ -20,7 +20,8 @@ import jax.numpy as jnp
 
 ModuleDef = Any
 
-# Xavier-uniform kernels and zero biases, as the chapter's `init_cnn`.
+# Xavier-uniform kernels, as the chapter's `init_cnn`, and zero biases: the chapter
+# keeps PyTorch's default biases, uniform in +-1/sqrt(fan_in) (docs/design.md).
 Conv = functools.partial(nn.Conv, kernel_init=nn.initializers.xavier_uniform())
 Dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform())
 # Running averages are updated with momentum 0.9 (PyTorch's 0.1).

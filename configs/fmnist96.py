@@ -25,10 +25,15 @@ def get_config() -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache, shared by every run on the machine; '' = off.
   config.compilation_cache_dir = '~/.cache/googlenet_jax/jax_cache'
 
-  config.dataset = 'fashion_mnist'  # Dataset name, see googlenet_jax/data/__init__.py.
-  config.data_dir = ''  # tfds data_dir for the prepared dataset; '' = tfds's default.
+  # A dataset of googlenet_jax/data/__init__.py, or any prepared TFDS image
+  # classification dataset by name (e.g. imagenet2012), streamed and cropped on the host.
+  config.dataset = 'fashion_mnist'
+  config.data_dir = ''  # tfds data_dir for the prepared dataset, or gs://; '' = tfds's default.
   config.source_dir = '/usr/share/datasets/fashion-mnist'  # fashion_mnist: the 4 IDX .gz files.
   config.verify_checksums = True  # fashion_mnist: check the IDX files are the real ones.
+  config.train_split = 'train'  # TFDS datasets: the split trained on ...
+  config.eval_split = 'test'  # ... and the one evaluated (imagenet2012: 'validation').
+  config.data_workers = 0  # TFDS datasets: decoding processes per host; 0 = in this one.
 
   config.seed = 0  # Seeds initialisation and the data order.
   config.batch_size = 128  # Global training batch, split over all devices.

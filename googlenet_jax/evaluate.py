@@ -50,10 +50,14 @@ def evaluate(p_eval_step: Callable, state: train_state.TrainState, source,
     bar.update(total)
   bar.close()
   total = fetch_metrics(total)
-  return {'loss': total['loss'] / total['count'],
-          'accuracy': total['correct'] / total['count'],
-          'num_examples': int(total['count']),
-          'confusion_matrix': total['confusion'].tolist()}
+  result = {'loss': total['loss'] / total['count'],
+            'accuracy': total['correct'] / total['count'],
+            'num_examples': int(total['count']),
+            'skipped': len(source) - int(total['count']),
+            'confusion_matrix': total['confusion'].tolist()}
+  if 'correct_top5' in total:
+    result['top5_accuracy'] = total['correct_top5'] / total['count']
+  return result
 
 
 def evaluate_checkpoint(inference: Inference, workdir: str) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """The model's input: the dataset's channels at config.image_size."""
-  channels = data.DATASETS[config.dataset].channels
+  channels = data.spec(config.dataset).example_shape(config.image_size)[-1]
   return (config.image_size, config.image_size, channels)
 
 
@@ -133,7 +133,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
   Raises:
     UserError: the dataset cannot be read, or has another number of classes.
   """
-  spec = data.DATASETS[config.dataset]
+  spec = data.spec(config.dataset)
   dataset = spec.load(config.data_dir, **{option: config[option] for option in spec.options})
   if len(dataset.class_names) != config.num_classes:
     raise UserError(f'config.num_classes is {config.num_classes}, but {config.dataset} has '
@@ -161,13 +161,16 @@ def build(config: ml_collections.ConfigDict, *, devices: Sequence[jax.Device] | 
                                                     config.batch_size) if dataset else 1)
   learning_rate = create_learning_rate_fn(config, steps_per_epoch)
   platform = devices[0].platform if devices else None
+  normalization = data.spec(config.dataset).normalization
   train_step = functools.partial(steps.train_step, image_size=config.image_size,
                                  label_smoothing=config.label_smoothing,
-                                 augmentation=augmentation(config), seed=config.seed)
-  eval_step = functools.partial(steps.eval_step, image_size=config.image_size)
+                                 augmentation=augmentation(config), seed=config.seed,
+                                 normalization=normalization)
+  eval_step = functools.partial(steps.eval_step, image_size=config.image_size,
+                                normalization=normalization)
   return Experiment(
       model=create_model(config, platform=platform), dataset=dataset,
-      example_shape=data.DATASETS[config.dataset].image_shape,
+      example_shape=data.spec(config.dataset).example_shape(config.image_size),
       image_shape=image_shape(config),
       optimizer=create_optimizer(config, steps_per_epoch),
       learning_rate_fn=learning_rate if callable(learning_rate) else lambda _: learning_rate,
@@ -249,8 +252,9 @@ def build_inference(config: ml_collections.ConfigDict, workdir: str,
                                  **weights)  # As `train_state.for_inference` makes it.
   dataset = load_dataset(config)
   return Inference(state, str(directory / str(step)),
-                   steps.pmap_eval_step(functools.partial(steps.eval_step,
-                                                          image_size=config.image_size)),
+                   steps.pmap_eval_step(functools.partial(
+                       steps.eval_step, image_size=config.image_size,
+                       normalization=data.spec(config.dataset).normalization)),
                    dataset.splits['test'],
                    dataset.class_names, config.eval_batch_size, config.num_predictions,
                    config.predictions_only_mistakes, record)

@@ -1,9 +1,10 @@
-"""Host-side batches of examples held in memory: uint8 images, split across devices.
+"""Host-side batches: uint8 images, split across devices, in an order fixed by (seed, epoch).
 
-A dataset's `load` (googlenet_jax/data) reads each split into an `ArraySource`;
-each batch is then one numpy gather, and `prefetch_to_device` copies the next
-batches to the devices while a step runs. Resizing and scaling happen later, on
-the device.
+A dataset's `load` (googlenet_jax/data) gives each split as a `Source`: an
+`ArraySource` holds its examples in memory, so a batch is one numpy gather; a
+streamed source (data/tfds_images.py) decodes and crops each batch in worker
+processes. `prefetch_to_device` copies the next batches to the devices while a
+step runs. Scaling, and resizing where needed, happen later, on the device.
 
 Each process reads only its own rows of each global batch, and the global
 batches depend only on (seed, epoch), so the data seen at a step is the same
@@ -11,8 +12,10 @@ however many processes and devices share it.
 """
 
 import collections
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+import contextlib
 import itertools
+from typing import Protocol
 
 import jax
 import numpy as np
@@ -22,6 +25,27 @@ from googlenet_jax import sharding
 
 # Examples per read from the tfds data source while loading a split.
 _READ_CHUNK = 10_000
+
+
+Batch = dict[str, np.ndarray]
+
+
+class Source(Protocol):
+  """A split's examples, read by index."""
+
+  def __len__(self) -> int:
+    """The number of examples."""
+
+  def read(self, index_batches: Sequence[np.ndarray], *, train: bool, seed: int,
+           epoch: int) -> Iterator[Batch]:
+    """Yields the examples of each array of `index_batches`, in order.
+
+    Each batch is {'image': uint8 [n, H, W, C], 'label': int32 [n]}, and
+    'mask': bool [n], False for an example that could not be read, where that
+    can happen. `train` asks for the training form of the images (a streamed
+    source's random crop, drawn from `seed`, `epoch` and the example's index),
+    else the evaluation form. Closing the iterator stops any workers.
+    """
 
 
 class ArraySource:
@@ -51,6 +75,13 @@ class ArraySource:
 
   def __len__(self) -> int:
     return len(self._labels)
+
+  def read(self, index_batches: Sequence[np.ndarray], *, train: bool, seed: int,
+           epoch: int) -> Iterator[Batch]:
+    """`Source.read`: one gather per batch; the images are the same in either form."""
+    del train, seed, epoch  # Every example is read as it is held.
+    for indices in index_batches:
+      yield {'image': self._images[indices], 'label': self._labels[indices]}
 
 
 def read_source(data_source) -> ArraySource:
@@ -84,10 +115,9 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   return num_examples // global_batch_size
 
 
-def train_batches(source: ArraySource, *, global_batch_size: int, seed: int,
+def train_batches(source: Source, *, global_batch_size: int, seed: int,
                   epoch: int, process_index: int, process_count: int,
-                  num_local_devices: int,
-                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                  num_local_devices: int, start_step: int = 0) -> Iterator[Batch]:
   """Yields this process's share of each training batch of one epoch.
 
   The epoch's order is one permutation of all examples, fixed by (seed, epoch);
@@ -106,21 +136,23 @@ def train_batches(source: ArraySource, *, global_batch_size: int, seed: int,
 
   Yields:
     {'image': uint8 [num_local_devices, per_device, H, W, C],
-     'label': int32 [num_local_devices, per_device]}.
+     'label': int32 [num_local_devices, per_device]}, and the source's 'mask'
+    of readable examples if it gives one.
   """
   sharding.check_batch_size(global_batch_size, process_count * num_local_devices)
   local_batch_size = global_batch_size // process_count
   order = np.random.default_rng((seed, epoch)).permutation(len(source))
-  for step in range(start_step, steps_per_epoch(len(source),
-                                                global_batch_size)):
-    start = step * global_batch_size + process_index * local_batch_size
-    indices = order[start:start + local_batch_size]
-    yield _gather(source, indices, num_local_devices)
+  starts = [step * global_batch_size + process_index * local_batch_size
+            for step in range(start_step, steps_per_epoch(len(source), global_batch_size))]
+  index_batches = [order[start:start + local_batch_size] for start in starts]
+  with contextlib.closing(source.read(index_batches, train=True, seed=seed,
+                                      epoch=epoch)) as batches:
+    for batch in batches:
+      yield per_device(batch, num_local_devices)
 
 
-def eval_batches(source: ArraySource, *, global_batch_size: int,
-                 process_index: int, process_count: int,
-                 num_local_devices: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(source: Source, *, global_batch_size: int, process_index: int,
+                 process_count: int, num_local_devices: int) -> Iterator[Batch]:
   """Yields this process's share of every example once, in order.
 
   There are ceil(N / B) global batches on every process, so collectives line
@@ -134,20 +166,23 @@ def eval_batches(source: ArraySource, *, global_batch_size: int,
     num_local_devices: the devices this process feeds.
 
   Yields:
-    As `train_batches`, plus 'mask': bool [num_local_devices, per_device],
-    True for real examples.
+    As `train_batches`, with 'mask': bool [num_local_devices, per_device],
+    True for real examples that could be read.
   """
   sharding.check_batch_size(global_batch_size, process_count * num_local_devices,
-                   'eval_batch_size')
+                            'eval_batch_size')
   local_batch_size = global_batch_size // process_count
   num_examples = len(source)
-  for step in range(-(-num_examples // global_batch_size)):
-    start = step * global_batch_size + process_index * local_batch_size
-    indices = np.arange(start, start + local_batch_size)
-    mask = indices < num_examples
-    batch = _gather(source, np.where(mask, indices, 0), num_local_devices)
-    batch['mask'] = mask.reshape(num_local_devices, -1)
-    yield batch
+  starts = [step * global_batch_size + process_index * local_batch_size
+            for step in range(-(-num_examples // global_batch_size))]
+  indices = [np.arange(start, start + local_batch_size) for start in starts]
+  padding = [index < num_examples for index in indices]
+  with contextlib.closing(source.read([np.where(real, index, 0) for index, real
+                                       in zip(indices, padding)],
+                                      train=False, seed=0, epoch=0)) as batches:
+    for batch, real in zip(batches, padding):
+      batch['mask'] = real & batch.get('mask', True)
+      yield per_device(batch, num_local_devices)
 
 
 def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
@@ -191,14 +226,10 @@ def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
     yield batch
 
 
-def _gather(source: ArraySource, indices: np.ndarray,
-            num_local_devices: int) -> dict[str, np.ndarray]:
-  """Gathers `indices` and shapes them [num_local_devices, per_device, ...]."""
-  images = source.images[indices]
-  return {
-      'image': images.reshape(num_local_devices, -1, *images.shape[1:]),
-      'label': source.labels[indices].reshape(num_local_devices, -1),
-  }
+def per_device(batch: Batch, num_local_devices: int) -> Batch:
+  """`batch`'s arrays [n, ...] shaped [num_local_devices, n / num_local_devices, ...]."""
+  return {name: array.reshape(num_local_devices, -1, *array.shape[1:])
+          for name, array in batch.items()}
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

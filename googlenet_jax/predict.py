@@ -1,5 +1,6 @@
 """`--mode=predict`: test images with their true and predicted classes, as a picture."""
 
+import contextlib
 import itertools
 import os
 from typing import Callable
@@ -15,7 +16,7 @@ from googlenet_jax import sharding
 from googlenet_jax.experiment import Inference
 
 
-def predict(p_eval_step: Callable, state, source: input_pipeline.ArraySource,
+def predict(p_eval_step: Callable, state, source: input_pipeline.Source,
             eval_batch_size: int, num_predictions: int,
             only_mistakes: bool = False) -> dict[str, np.ndarray]:
   """The first `num_predictions` test examples and their predicted classes.
@@ -33,26 +34,31 @@ def predict(p_eval_step: Callable, state, source: input_pipeline.ArraySource,
     only_mistakes: return misclassified examples only.
 
   Returns:
-    {'image': uint8 [N, H, W, C], 'label': [N], 'prediction': [N]}.
+    {'image': uint8 [N, H, W, C] as the model sees them, 'label': [N],
+     'prediction': [N]}.
   """
   state = sharding.replicate(state)
-  indices, predictions = [], []
+  indices, labels, predictions = [], [], []
   batch_starts = itertools.count(0, eval_batch_size)
   for start, batch in zip(batch_starts, evaluate.device_batches(source, eval_batch_size)):
     _, predicted = p_eval_step(state, batch)
     # Every process's rows, in the global batch's order: all processes see the
     # same predictions, so they stop at the same batch.
-    predicted = multihost_utils.process_allgather(predicted, tiled=True).reshape(-1)
-    index = np.arange(start, start + len(predicted))
-    keep = index < len(source)  # Not the last batch's padding.
+    predicted, label, real = (
+        np.asarray(multihost_utils.process_allgather(x, tiled=True)).reshape(-1)
+        for x in (predicted, batch['label'], batch['mask']))
+    keep = real.astype(bool)  # Not the last batch's padding, nor an unreadable image.
     if only_mistakes:
-      keep &= predicted != source.labels[np.minimum(index, len(source) - 1)]
-    indices.append(index[keep])
+      keep &= predicted != label
+    indices.append(np.arange(start, start + len(predicted))[keep])
+    labels.append(label[keep])
     predictions.append(predicted[keep])
     if sum(map(len, indices)) >= num_predictions:
       break
   index = np.concatenate(indices)[:num_predictions]
-  return {'image': source.images[index], 'label': source.labels[index],
+  with contextlib.closing(source.read([index], train=False, seed=0, epoch=0)) as read:
+    images = next(read)['image']
+  return {'image': images, 'label': np.concatenate(labels)[:num_predictions],
           'prediction': np.concatenate(predictions)[:num_predictions]}
 
 

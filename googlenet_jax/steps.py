@@ -18,6 +18,8 @@ from googlenet_jax.sharding import AXIS
 from googlenet_jax.train_state import TrainState
 
 Metrics = dict[str, jax.Array]
+# Per-channel (mean, std) in [0, 1] that images are normalised with, or None.
+Normalization = tuple[tuple[float, ...], tuple[float, ...]] | None
 
 
 def to_unit_interval(images: jax.Array) -> jax.Array:
@@ -33,21 +35,30 @@ def resize(images: jax.Array, image_size: int) -> jax.Array:
   return jax.image.resize(images, (n, image_size, image_size, channels), 'bilinear')
 
 
-def preprocess(images: jax.Array, image_size: int) -> jax.Array:
-  """uint8 (N, H, W, C) -> float32 (N, S, S, C) in [0, 1], resized bilinearly."""
-  return resize(to_unit_interval(images), image_size)
+def normalize(images: jax.Array, normalization: Normalization) -> jax.Array:
+  """Images in [0, 1] less each channel's mean, over its std; unchanged for None."""
+  if normalization is None:
+    return images
+  mean, std = (jnp.asarray(x, jnp.float32) for x in normalization)
+  return (images - mean) / std
+
+
+def preprocess(images: jax.Array, image_size: int,
+               normalization: Normalization = None) -> jax.Array:
+  """uint8 (N, H, W, C) -> float32 (N, S, S, C) in [0, 1] (or normalised), resized."""
+  return normalize(resize(to_unit_interval(images), image_size), normalization)
 
 
 def augmented_preprocess(images: jax.Array, image_size: int,
                          augmentation: augment.Augmentation, seed: int,
-                         step: jax.Array) -> jax.Array:
+                         step: jax.Array, normalization: Normalization = None) -> jax.Array:
   """`preprocess` with `augmentation` applied before resizing, keyed by (seed, step, example)."""
   images = to_unit_interval(images)
   if augmentation.enabled:
     key = jax.random.fold_in(jax.random.key(seed), step)
     first_index = jax.lax.axis_index(AXIS) * images.shape[0]
     images = augment.augment_batch(augmentation, key, images, first_index)
-  return resize(images, image_size)
+  return normalize(resize(images, image_size), normalization)
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -81,6 +92,13 @@ def compute_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Me
   return jax.lax.psum(metrics, axis_name=AXIS)
 
 
+def top5_correct(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """How many of the global batch have their label among the 5 highest logits."""
+  _, top5 = jax.lax.top_k(logits, 5)
+  hits = jnp.any(top5 == labels[:, None], axis=-1)
+  return jax.lax.psum(jnp.sum(hits * mask), axis_name=AXIS)
+
+
 def confusion_matrix(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
   """Counts of (true class, predicted class) over the global batch, padding masked."""
   num_classes = logits.shape[-1]
@@ -92,16 +110,20 @@ def confusion_matrix(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> j
 def train_step(state: TrainState, batch: dict[str, jax.Array], image_size: int,
                label_smoothing: float = 0.0,
                augmentation: augment.Augmentation = augment.Augmentation(),
-               seed: int = 0) -> tuple[TrainState, Metrics]:
+               seed: int = 0,
+               normalization: Normalization = None) -> tuple[TrainState, Metrics]:
   """One SGD step on this device's shard; gradients are averaged over devices.
 
   The images are augmented with keys from `seed` and the step. The loss is
   smoothed by `label_smoothing`; the metrics' loss is plain cross-entropy,
-  comparable with the test loss.
+  comparable with the test loss. A batch with a 'mask' (a streamed source's:
+  False for an image that could not be decoded) leaves those examples out of
+  the loss and the metrics, and counts them as 'skipped'.
   """
   images = augmented_preprocess(batch['image'], image_size, augmentation, seed,
-                                state.step)
+                                state.step, normalization)
   labels = batch['label']
+  mask = batch.get('mask')
 
   def loss_fn(params):
     # BatchNorm in training mode normalises with this step's batch statistics
@@ -111,36 +133,48 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], image_size: int,
         {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
         mutable=['batch_stats'])
     logits = logits.astype(jnp.float32)  # Softmax and loss in float32.
-    loss = smoothed_cross_entropy_loss(logits, labels, label_smoothing).mean()
+    losses = smoothed_cross_entropy_loss(logits, labels, label_smoothing)
+    if mask is None:
+      return losses.mean(), (logits, updates['batch_stats'])
+    weights = mask.astype(jnp.float32)
+    loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
     return loss, (logits, updates['batch_stats'])
 
   (_, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, axis_name=AXIS)
-  metrics = compute_metrics(logits, labels, jnp.ones(labels.shape, jnp.float32))
+  if mask is None:
+    metrics = compute_metrics(logits, labels, jnp.ones(labels.shape, jnp.float32))
+  else:
+    metrics = compute_metrics(logits, labels, mask.astype(jnp.float32))
+    metrics['skipped'] = jax.lax.psum(jnp.sum(~mask), axis_name=AXIS)
   return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-def eval_logits(state: TrainState, images: jax.Array, image_size: int) -> jax.Array:
+def eval_logits(state: TrainState, images: jax.Array, image_size: int,
+                normalization: Normalization = None) -> jax.Array:
   """float32 logits of uint8 images in inference mode."""
   # BatchNorm in inference mode (train=False) normalises with the running
   # averages kept in state.batch_stats and leaves them unchanged.
   logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                          preprocess(images, image_size))
+                          preprocess(images, image_size, normalization))
   return logits.astype(jnp.float32)
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array],
-              image_size: int) -> tuple[Metrics, jax.Array]:
+def eval_step(state: TrainState, batch: dict[str, jax.Array], image_size: int,
+              normalization: Normalization = None) -> tuple[Metrics, jax.Array]:
   """Metric sums and confusion matrix of one evaluation batch, and its predicted classes.
 
-  Padding is masked out of the sums; the predictions ([per-device batch], int32)
-  cover every row, padding included.
+  Padding (and any image that could not be read) is masked out of the sums;
+  with more than 5 classes the sums count top-5 hits too. The predictions
+  ([per-device batch], int32) cover every row, padding included.
   """
-  logits = eval_logits(state, batch['image'], image_size)
+  logits = eval_logits(state, batch['image'], image_size, normalization)
   mask = batch['mask'].astype(jnp.int32)
   metrics = compute_metrics(logits, batch['label'], mask.astype(jnp.float32))
   metrics['confusion'] = confusion_matrix(logits, batch['label'], mask)
+  if logits.shape[-1] > 5:
+    metrics['correct_top5'] = top5_correct(logits, batch['label'], mask)
   return metrics, jnp.argmax(logits, -1).astype(jnp.int32)
 
 

@@ -220,6 +220,10 @@ def report_epoch(writer: MetricWriter, workdir: str, step: int, epoch: int, trai
              'train_accuracy': train['correct'] / train['count'],
              'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
              'train_images_per_sec': images_per_sec, 'learning_rate': learning_rate}
+  if 'top5_accuracy' in test:
+    scalars['test_top5_accuracy'] = test['top5_accuracy']
+  if train.get('skipped') or test.get('skipped'):  # Images that could not be decoded.
+    scalars.update(train_skipped=int(train.get('skipped', 0)), test_skipped=test['skipped'])
   logging.info('step %d, epoch %d: train loss %.4f, test loss %.4f, test '
                'accuracy %.4f, %.1f images/s', step, epoch + 1,
                scalars['train_loss'], test['loss'], test['accuracy'], images_per_sec)

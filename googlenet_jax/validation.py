@@ -2,7 +2,6 @@
 
 import ml_collections
 
-from googlenet_jax import data
 from googlenet_jax import models
 from googlenet_jax import sharding
 from googlenet_jax.errors import UserError
@@ -19,7 +18,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   are checked where the devices are known (`check_batch_sizes`).
   """
   check_choice(config, 'model', models.MODELS)
-  check_choice(config, 'dataset', data.DATASETS)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'image_size'):
     if config[field] <= 0:
       raise UserError(f'config.{field} must be positive, got {config[field]}.')

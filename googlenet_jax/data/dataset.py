@@ -3,13 +3,13 @@
 import dataclasses
 from typing import Callable, Mapping
 
-from googlenet_jax.input_pipeline import ArraySource
+from googlenet_jax.input_pipeline import Source
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A dataset's splits, 'train' and 'test', with the names of its classes."""
-  splits: Mapping[str, ArraySource]
+  splits: Mapping[str, Source]
   class_names: tuple[str, ...]
 
 
@@ -22,9 +22,14 @@ class DatasetSpec:
   """
   # load(data_dir, **options) -> Dataset; data_dir '' means tfds's default.
   load: Callable[..., Dataset]
-  image_shape: tuple[int, int, int]  # (H, W, C) of each example, uint8, as batched.
+  # (H, W, C) of each example, uint8, as batched; None: cropped on the host to
+  # image_size x image_size RGB.
+  image_shape: tuple[int, int, int] | None
   options: tuple[str, ...] = ()  # The config fields `load` takes, by name.
+  # Per-channel mean and standard deviation in [0, 1] that the steps subtract
+  # and divide by, on the device; None: images are scaled to [0, 1] only.
+  normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
-  @property
-  def channels(self) -> int:
-    return self.image_shape[-1]
+  def example_shape(self, image_size: int) -> tuple[int, int, int]:
+    """(H, W, C) of each example as the host batches it, at config.image_size."""
+    return self.image_shape or (image_size, image_size, 3)

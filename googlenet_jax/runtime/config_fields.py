@@ -58,6 +58,7 @@ ROLES = {
     'weight_decay': Role.OPTIMIZER,
     'schedule': Role.OPTIMIZER,  # A schedule's optimizer state counts steps.
     'batch_size': Role.DATA_ORDER,
+    'train_split': Role.DATA_ORDER,
     'seed': Role.DATA_ORDER,
     'num_epochs': Role.TRAINING,
     'num_train_steps': Role.TRAINING,
@@ -70,6 +71,8 @@ ROLES = {
     'compilation_cache_dir': Role.RUN,
     'data_dir': Role.RUN,
     'source_dir': Role.RUN,
+    'eval_split': Role.RUN,
+    'data_workers': Role.RUN,
     'verify_checksums': Role.RUN,
     'eval_batch_size': Role.RUN,
     'checkpoint_every_steps': Role.RUN,

@@ -13,6 +13,7 @@ image that cannot be decoded is masked out of its batch, with one warning.
 
 import contextlib
 import functools
+import gc
 import io
 import math
 from typing import Iterator, Sequence
@@ -148,12 +149,17 @@ class StreamedSource:
     if self._num_workers:
       batches = batches.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self._num_workers))
-    with contextlib.closing(iter(batches)) as iterator:
-      for indices, batch in zip(index_batches, iterator):
-        self._warn_unreadable(indices[~batch['mask']])
-        # Out of the workers' shared memory at once: a CPU device's arrays may
-        # alias the host's, which would keep each block until the process ends.
-        yield {name: np.array(array) for name, array in batch.items()}
+    try:
+      with contextlib.closing(iter(batches)) as iterator:
+        for indices, batch in zip(index_batches, iterator):
+          self._warn_unreadable(indices[~batch['mask']])
+          # Out of the workers' shared memory at once: a CPU device's arrays may
+          # alias the host's, which would keep each block until the process ends.
+          yield {name: np.array(array) for name, array in batch.items()}
+    finally:
+      # grain's closed iterator keeps its last blocks in reference cycles: free
+      # them now, or multiprocessing reports them as leaked when the run exits.
+      gc.collect()
 
   def _warn_unreadable(self, indices: np.ndarray) -> None:
     """One warning for each unreadable example, the first time it is met."""

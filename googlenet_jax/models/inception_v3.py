@@ -12,9 +12,10 @@ What changes from the chapter's Inception block:
 - BatchNorm after every conv, before its ReLU; average pools in the pool branch.
 
 Channel numbers are the paper's (as in torchvision's inception_v3), without the
-auxiliary classifier. The body is adapted to 96x96: the paper's 299x299 stem has a
-second 3x3/2 max-pool, dropped here so the blocks work on 20x20, 9x9 and 4x4 grids
-(the paper's 35x35, 17x17, 8x8). As in the paper, the stem and the reductions use
+auxiliary classifier. By default the body is adapted to 96x96: the paper's 299x299
+stem has a second 3x3/2 max-pool, dropped here so the blocks work on 20x20, 9x9 and
+4x4 grids; `stem_pool=True` (the model 'inception_v3_299') keeps it, for the paper's
+35x35, 17x17 and 8x8 at 299x299. As in the paper, the stem and the reductions use
 unpadded convs; every other conv pads symmetrically to keep H and W.
 """
 
@@ -148,20 +149,22 @@ class InceptionV3(nn.Module):
     max_pool: the max-pool function of every max-pool, called as `nn.max_pool`.
     dtype: the dtype every layer computes in.
     axis_name: the device axis of BatchNorm's batch statistics (see ConvBlock).
+    stem_pool: end the stem with the paper's second 3x3/2 max-pool (for 299x299).
   """
   num_classes: int = 10
   conv: ModuleDef = Conv
   max_pool: Callable = nn.max_pool
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  stem_pool: bool = False
 
   def setup(self):
     conv = functools.partial(ConvBlock, norm=True, conv=self.conv, dtype=self.dtype,
                              axis_name=self.axis_name)
     valid = functools.partial(conv, padded=False)  # The stem's unpadded convs.
-    self.b1 = Stage([valid(32, 3, strides=2), valid(32, 3), conv(64, 3),
-                     functools.partial(max_pool_3x3_valid, max_pool=self.max_pool)])
-    self.b2 = Stage([conv(80, 1), valid(192, 3)])
+    pool = functools.partial(max_pool_3x3_valid, max_pool=self.max_pool)
+    self.b1 = Stage([valid(32, 3, strides=2), valid(32, 3), conv(64, 3), pool])
+    self.b2 = Stage([conv(80, 1), valid(192, 3), *([pool] if self.stem_pool else [])])
     self.b3 = Stage([InceptionA(pool, conv=conv) for pool in (32, 64, 64)])
     self.b4 = Stage([ReductionA(conv=conv, max_pool=self.max_pool),
                      *[InceptionB(c7, conv=conv) for c7 in (128, 160, 160, 192)]])

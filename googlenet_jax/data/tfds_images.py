@@ -86,8 +86,9 @@ def decode_crop(data: bytes, box_of, size: int) -> np.ndarray:
   image.draft('RGB', (math.ceil(width * size / w), math.ceil(height * size / h)))
   scale_x, scale_y = image.size[0] / width, image.size[1] / height
   box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
-  image = image.convert('RGB').resize((size, size), Image.BILINEAR, box=box)
-  return np.asarray(image, np.uint8)
+  if image.mode != 'RGB':  # convert() would copy an RGB image whole, for nothing.
+    image = image.convert('RGB')
+  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

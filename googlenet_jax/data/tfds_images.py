@@ -33,6 +33,8 @@ EVAL_CROP = 0.875
 CROP_AREA = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
+# Batches each process decodes ahead of the one being read.
+READ_AHEAD = 2
 # ImageNet's mean and standard deviation of each RGB channel, in [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,8 +87,9 @@ def decode_crop(data: bytes, box_of, size: int) -> np.ndarray:
   image.draft('RGB', (math.ceil(width * size / w), math.ceil(height * size / h)))
   scale_x, scale_y = image.size[0] / width, image.size[1] / height
   box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
-  image = image.convert('RGB').resize((size, size), Image.BILINEAR, box=box)
-  return np.asarray(image, np.uint8)
+  if image.mode != 'RGB':  # convert() would copy an RGB image whole, for nothing.
+    image = image.convert('RGB')
+  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -145,7 +148,12 @@ class StreamedSource:
     """`input_pipeline.Source.read`, in grain's worker processes."""
     dataset = grain.MapDataset.source(list(index_batches)).map(functools.partial(
         read_batch, self._data_source, self._image_size, train, seed, epoch))
-    batches = dataset.to_iter_dataset()
+    # A batch is one element, decoded by one thread of each process: grain's
+    # defaults (16 threads, 500 elements ahead) would hold up to 500 batches
+    # per worker when the chips are slower than the host, and would spread a
+    # process with no workers over every core.
+    batches = dataset.to_iter_dataset(grain.ReadOptions(
+        num_threads=1, prefetch_buffer_size=READ_AHEAD))
     if self._num_workers:
       batches = batches.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self._num_workers))

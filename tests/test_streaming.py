@@ -141,8 +141,7 @@ def test_killed_mid_epoch_it_resumes_to_the_bit_and_evaluates_with_top5(
   assert int(state.step) == 6
   chex.assert_trees_all_equal(state.params, sharding.unreplicate(uninterrupted[1].params))
   # Eval from the workdir alone: the network and the dataset from the checkpoint.
-  evaluated = run_main(tmp_path, None, '--mode=eval', f'--config.data_dir={jpegs.data_dir}',
-                       '--config.eval_batch_size=8')
+  evaluated = run_main(tmp_path, None, '--mode=eval', '--config.eval_batch_size=8')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   with open(tmp_path / 'eval.json') as f:
     result = json.load(f)

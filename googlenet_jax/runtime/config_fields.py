@@ -26,6 +26,10 @@ class Role(enum.Enum):
   DATA_ORDER = 'data order'
   # Training from here on. A resume may change it (e.g. train longer), logged.
   TRAINING = 'training'
+  # Where the data is and which split is evaluated. Inference reads it from the
+  # checkpoint unless the command line sets it, so `--mode=eval --workdir=DIR`
+  # alone finds the run's data; a resume may change it (the data moved).
+  DATA_SOURCE = 'data source'
   # Where things are and how often they are written or drawn: nothing a
   # checkpoint records or checks.
   RUN = 'run'
@@ -43,7 +47,7 @@ class Role(enum.Enum):
   @property
   def read_for_inference(self) -> bool:
     """Whether eval and predict take the checkpoint's value."""
-    return self in (Role.NETWORK, Role.COMPUTE)
+    return self in (Role.NETWORK, Role.COMPUTE, Role.DATA_SOURCE)
 
 
 ROLES = {
@@ -69,9 +73,9 @@ ROLES = {
     'augment_flip': Role.TRAINING,
     'augment_erase_probability': Role.TRAINING,
     'compilation_cache_dir': Role.RUN,
-    'data_dir': Role.RUN,
-    'source_dir': Role.RUN,
-    'eval_split': Role.RUN,
+    'data_dir': Role.DATA_SOURCE,
+    'source_dir': Role.DATA_SOURCE,
+    'eval_split': Role.DATA_SOURCE,
     'data_workers': Role.RUN,
     'verify_checksums': Role.RUN,
     'eval_batch_size': Role.RUN,

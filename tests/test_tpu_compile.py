@@ -207,6 +207,31 @@ def test_the_cost_models_time_counts_only_where_it_can_be_right():
   assert compile_report.step_seconds_estimate(0.9 * flops / v5e.peak_flops, flops, v5e) is None
 
 
+def test_a_time_xla_gets_wrong_gives_way_to_a_roofline_that_says_so():
+  v5e = accelerators.ACCELERATORS['v5litepod-8'].chip
+  # XLA's cost analysis of imagenet_googlenet's train step on one v5e chip,
+  # 128 images at 224x224 in bfloat16 (2026-12-07): a negative time.
+  train = {'flops': 1.1603e12, 'bytes accessed': 2.5143e10, 'optimal_seconds': -113.96}
+  timing = compile_report.step_time(train, v5e)
+  # The bytes at 819 GB/s (30.7 ms) take longer than the FLOPs at 197 TFLOP/s (5.9 ms).
+  assert (timing['source'], timing['roofline_bound']) == ('roofline', 'memory')
+  assert timing['step_seconds_estimate'] == pytest.approx(2.5143e10 / 819e9)
+  line = compile_report.estimate({**timing, 'note': compile_report.ESTIMATE,
+                                  'images_per_sec_estimate': 1024 / 30.7e-3})
+  assert line.startswith('at most 33,355 (a roofline, not measured: 30.70 ms/step, ')
+  assert line.endswith("XLA's cost model gave -114 s, not positive)")
+  # The eval step's time from XLA stands, and is no faster than the roofline.
+  evaluation = {'flops': 3.952e11, 'bytes accessed': 3.416e9, 'optimal_seconds': 5.28e-3}
+  timing = compile_report.step_time(evaluation, v5e)
+  assert (timing['source'], timing['step_seconds_estimate']) == ('xla_cost_model', 5.28e-3)
+  assert timing['roofline_seconds'] < 5.28e-3
+  # Without bytes, or with few, the FLOPs bind; no time from XLA at all is said.
+  timing = compile_report.step_time({'flops': 1.97e12}, v5e)
+  assert (timing['step_seconds_estimate'], timing['roofline_bound']) == (
+      pytest.approx(10e-3), 'compute')
+  assert timing['xla_refused'] == 'no time'
+
+
 def test_the_compiled_input_of_a_streamed_dataset_is_what_its_source_reads():
   class DataSource:  # Two JPEGs of other sizes, as a prepared TFDS split gives them.
     def __getitems__(self, indices):

@@ -11,17 +11,22 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import cloud_tpu_vm
+import jpeg_data
 from compile_runs import (compile_for, flops_per_image, num_conv_layers, num_params,
                           second_host_input)
 from conftest import REPO, run_main
 from gcs_server import free_port
+from googlenet_jax import data
 from googlenet_jax import experiment
+from googlenet_jax.data import tfds_images
 from googlenet_jax.errors import UserError
 from googlenet_jax.models import conv_lowering
 from googlenet_jax.tools import accelerators
+from googlenet_jax.tools import compile_mode
 from googlenet_jax.tools import compile_report
 from googlenet_jax.tools import largest_batch
 
@@ -200,6 +205,50 @@ def test_the_cost_models_time_counts_only_where_it_can_be_right():
   assert compile_report.step_seconds_estimate(None, flops, v5e) is None
   # Faster than the chip's peak allows.
   assert compile_report.step_seconds_estimate(0.9 * flops / v5e.peak_flops, flops, v5e) is None
+
+
+def test_a_time_xla_gets_wrong_gives_way_to_a_roofline_that_says_so():
+  v5e = accelerators.ACCELERATORS['v5litepod-8'].chip
+  # XLA's cost analysis of imagenet_googlenet's train step on one v5e chip,
+  # 128 images at 224x224 in bfloat16 (2026-12-07): a negative time.
+  train = {'flops': 1.1603e12, 'bytes accessed': 2.5143e10, 'optimal_seconds': -113.96}
+  timing = compile_report.step_time(train, v5e)
+  # The bytes at 819 GB/s (30.7 ms) take longer than the FLOPs at 197 TFLOP/s (5.9 ms).
+  assert (timing['source'], timing['roofline_bound']) == ('roofline', 'memory')
+  assert timing['step_seconds_estimate'] == pytest.approx(2.5143e10 / 819e9)
+  line = compile_report.estimate({**timing, 'note': compile_report.ESTIMATE,
+                                  'images_per_sec_estimate': 1024 / 30.7e-3})
+  assert line.startswith('at most 33,355 (a roofline, not measured: 30.70 ms/step, ')
+  assert line.endswith("XLA's cost model gave -114 s, not positive)")
+  # The eval step's time from XLA stands, and is no faster than the roofline.
+  evaluation = {'flops': 3.952e11, 'bytes accessed': 3.416e9, 'optimal_seconds': 5.28e-3}
+  timing = compile_report.step_time(evaluation, v5e)
+  assert (timing['source'], timing['step_seconds_estimate']) == ('xla_cost_model', 5.28e-3)
+  assert timing['roofline_seconds'] < 5.28e-3
+  # Without bytes, or with few, the FLOPs bind; no time from XLA at all is said.
+  timing = compile_report.step_time({'flops': 1.97e12}, v5e)
+  assert (timing['step_seconds_estimate'], timing['roofline_bound']) == (
+      pytest.approx(10e-3), 'compute')
+  assert timing['xla_refused'] == 'no time'
+
+
+def test_the_compiled_input_of_a_streamed_dataset_is_what_its_source_reads():
+  class DataSource:  # Two JPEGs of other sizes, as a prepared TFDS split gives them.
+    def __getitems__(self, indices):
+      return [{'image': jpeg_data.jpeg(np.full((40 + 8 * i, 50, 3), 99, np.uint8)),
+               'label': 3} for i in indices]
+  spec = data.spec('imagenet2012')
+  streamed = tfds_images.read_batch(DataSource(), 32, True, 0, 0, np.arange(2))
+  stand_in = next(compile_mode.StandIn(2, spec.example_shape(32), spec.masked).read(
+      [np.arange(2)], train=True, seed=0, epoch=0))
+  as_read = lambda batch: {k: (v.shape, v.dtype) for k, v in batch.items()}
+  assert as_read(stand_in) == as_read(streamed) == {
+      'image': ((2, 32, 32, 3), np.uint8), 'label': ((2,), np.int32), 'mask': ((2,), bool)}
+  # Fashion-MNIST's in-memory source has no mask, and its own 28x28x1 images.
+  fmnist = data.spec('fashion_mnist')
+  assert as_read(next(compile_mode.StandIn(2, fmnist.example_shape(96), fmnist.masked).read(
+      [np.arange(2)], train=True, seed=0, epoch=0))) == {
+          'image': ((2, 28, 28, 1), np.uint8), 'label': ((2,), np.int32)}
 
 
 def test_docs_tpu_table_is_the_accelerator_table():

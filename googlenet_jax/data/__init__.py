@@ -25,4 +25,4 @@ def spec(name: str) -> DatasetSpec:
   return DatasetSpec(
       load=functools.partial(tfds_images.load, name), image_shape=None,
       options=('image_size', 'train_split', 'eval_split', 'data_workers'),
-      normalization=(tfds_images.IMAGENET_MEAN, tfds_images.IMAGENET_STD))
+      normalization=(tfds_images.IMAGENET_MEAN, tfds_images.IMAGENET_STD), masked=True)

@@ -29,6 +29,10 @@ class DatasetSpec:
   # Per-channel mean and standard deviation in [0, 1] that the steps subtract
   # and divide by, on the device; None: images are scaled to [0, 1] only.
   normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+  # Whether its sources' batches carry 'mask' (a streamed source's: False for an
+  # image that cannot be decoded), so a train step compiled ahead of the data
+  # takes the input it will be fed.
+  masked: bool = False
 
   def example_shape(self, image_size: int) -> tuple[int, int, int]:
     """(H, W, C) of each example as the host batches it, at config.image_size."""

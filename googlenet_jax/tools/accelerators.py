@@ -21,6 +21,7 @@ class Chip:
   platform: str  # That of JAX's devices: 'tpu' or 'gpu'.
   hbm_bytes: int  # TPUs: what XLA's TPU compiler allots (libtpu 0.0.42.1); GPUs: the spec's.
   peak_flops: float  # bfloat16 dense matmul peak, vendor's figure.
+  hbm_bandwidth: float  # Bytes/s between HBM and the chip, vendor's figure.
   # The share of hbm_bytes a step may take: XLA's TPU compiler refuses a step
   # that does not fit, while JAX takes 75% of a GPU's memory at start-up for its
   # allocator (XLA_PYTHON_CLIENT_MEM_FRACTION) and a GPU compile never fails.
@@ -33,14 +34,18 @@ class Chip:
     return int(self.usable_fraction * self.hbm_bytes)
 
 
-TPU_V4 = Chip('TPU v4', 'tpu', int(30.75 * GiB), 275e12, chip_config='megacore')
-TPU_V5E = Chip('TPU v5e', 'tpu', int(15.75 * GiB), 197e12)
-TPU_V5P = Chip('TPU v5p', 'tpu', int(95.74 * GiB), 459e12, chip_config='megacore')
-TPU_V6E = Chip('TPU v6e', 'tpu', int(31.25 * GiB), 918e12)
-# Memory as XLA's specs give it (device_memory_size); NVIDIA's dense bf16 peak.
-H100 = Chip('H100 SXM 80GB', 'gpu', 84_942_979_072, 989e12, usable_fraction=0.75,
+# HBM bandwidths as Google publishes them: 1200, 819, 2765 and 1640 GBps (v5e's
+# on cloud.google.com/tpu/docs/v5e, seen 2026-12-07). Only the roofline
+# estimate (compile_report) uses them.
+TPU_V4 = Chip('TPU v4', 'tpu', int(30.75 * GiB), 275e12, 1200e9, chip_config='megacore')
+TPU_V5E = Chip('TPU v5e', 'tpu', int(15.75 * GiB), 197e12, 819e9)
+TPU_V5P = Chip('TPU v5p', 'tpu', int(95.74 * GiB), 459e12, 2765e9, chip_config='megacore')
+TPU_V6E = Chip('TPU v6e', 'tpu', int(31.25 * GiB), 918e12, 1640e9)
+# Memory as XLA's specs give it (device_memory_size); NVIDIA's dense bf16 peak
+# and memory bandwidth (3.35 and 4.8 TB/s).
+H100 = Chip('H100 SXM 80GB', 'gpu', 84_942_979_072, 989e12, 3.35e12, usable_fraction=0.75,
             spec_file='h100_sxm.txtpb')
-H200 = Chip('H200 141GB', 'gpu', 151_397_597_184, 989e12, usable_fraction=0.75,
+H200 = Chip('H200 141GB', 'gpu', 151_397_597_184, 989e12, 4.8e12, usable_fraction=0.75,
             spec_file='h200.txtpb')
 
 
@@ -159,12 +164,13 @@ def cloud_tpu_table() -> str:
 def markdown_table(platform: str) -> str:
   """The accelerators of `platform` as the docs' Markdown table."""
   rows = ['| `--topology` | chip | JAX topology | chips | hosts | memory per chip (XLA) '
-          '| of it a step may use | bf16 peak per chip |',
-          '|---|---|---|---|---|---|---|---|']
+          '| of it a step may use | bf16 peak per chip | HBM bandwidth per chip |',
+          '|---|---|---|---|---|---|---|---|---|']
   for a in of_platform(platform):
     topology = a.topology + (', megacore' if a.chip.chip_config == 'megacore' else '')
     rows.append(f'| {a.name} | {a.chip.name} | {topology} | {a.chips} | {a.hosts} | '
                 f'{_gib(a.chip.hbm_bytes)} | {_gib(a.chip.usable_bytes)} | '
-                f'{a.chip.peak_flops / 1e12:.0f} TFLOP/s |')
+                f'{a.chip.peak_flops / 1e12:.0f} TFLOP/s | '
+                f'{a.chip.hbm_bandwidth / 1e9:,.0f} GB/s |')
   return '\n'.join(rows)
 

@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from googlenet_jax import data
 from googlenet_jax import experiment
 from googlenet_jax import input_pipeline
 from googlenet_jax import steps
@@ -48,6 +49,7 @@ class Target:
   devices: list[jax.Device]
   experiment: experiment.Experiment  # Built for `devices`, without data.
   state: train_state.TrainState  # Replicated, as ShapeDtypeStructs.
+  masked: bool  # The dataset's batches carry 'mask' (data.DatasetSpec.masked).
 
   @property
   def steps(self) -> dict[str, Callable[[Sequence[jax.Device]], Callable]]:
@@ -64,7 +66,8 @@ def make_target(config: ml_collections.ConfigDict, accelerator: Accelerator) -> 
   """
   devices = topologies.devices(accelerator)
   built = experiment.build(config, devices=devices, load_data=False)
-  return Target(accelerator, devices, built, replicated(built.abstract_state(), len(devices)))
+  return Target(accelerator, devices, built, replicated(built.abstract_state(), len(devices)),
+                data.spec(config.dataset).masked)
 
 
 def replicated(tree, num_devices: int):
@@ -73,15 +76,28 @@ def replicated(tree, num_devices: int):
       lambda x: jax.ShapeDtypeStruct((num_devices,) + x.shape, x.dtype), tree)
 
 
-def host_batch(target: Target, kind: str, batch_size: int) -> dict:
-  """Host 0's first train or eval batch, as its input pipeline shapes it.
+class StandIn(input_pipeline.ArraySource):
+  """Zero examples in a dataset's shape, read as its source reads them.
 
-  Zero images stand in for the dataset's: only shapes and dtypes matter.
+  With `masked`, each batch carries 'mask' (all True), as a streamed source's
+  does; only shapes and dtypes matter.
   """
+
+  def __init__(self, num_examples: int, example_shape: tuple[int, int, int],
+               masked: bool):
+    super().__init__(np.zeros((num_examples, *example_shape), np.uint8),
+                     np.zeros(num_examples, np.int32))
+    self._masked = masked
+
+  def read(self, index_batches, **kwargs):
+    for batch in super().read(index_batches, **kwargs):
+      yield {**batch, 'mask': np.ones(len(batch['label']), bool)} if self._masked else batch
+
+
+def host_batch(target: Target, kind: str, batch_size: int) -> dict:
+  """Host 0's first train or eval batch, as its input pipeline shapes it."""
   local = [d for d in target.devices if d.process_index == target.devices[0].process_index]
-  source = input_pipeline.ArraySource(
-      np.zeros((batch_size, *target.experiment.example_shape), np.uint8),
-      np.zeros(batch_size, np.int32))
+  source = StandIn(batch_size, target.experiment.example_shape, target.masked)
   kwargs = dict(global_batch_size=batch_size, process_index=0,
                 process_count=target.accelerator.hosts, num_local_devices=len(local))
   if kind == 'train':

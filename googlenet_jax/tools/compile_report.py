@@ -1,10 +1,11 @@
 """What a compiled step shows, and the table --mode=compile prints.
 
-Its memory per chip and whether that fits, its FLOPs, XLA's cost-model time on
-TPUs (an estimate, never a measurement), its convolutions, cuDNN calls and
-collectives (hlo_stats), and what the compile was for. On GPUs XLA has no cost
-model, nothing is autotuned and nothing runs; whether a step fits is a rule
-(`fit_rule`).
+Its memory per chip and whether that fits, its FLOPs, a step time on TPUs (an
+estimate, never a measurement: XLA's cost model where its figure can be right,
+else a roofline of XLA's FLOPs and bytes accessed against the chip's peak and
+HBM bandwidth), its convolutions, cuDNN calls and collectives (hlo_stats), and
+what the compile was for. On GPUs XLA has no cost model, nothing is autotuned
+and nothing runs; whether a step fits is a rule (`fit_rule`).
 """
 
 import dataclasses
@@ -21,7 +22,10 @@ from googlenet_jax.tools import hlo_stats
 from googlenet_jax.tools.accelerators import Accelerator, GiB
 
 
-ESTIMATE = "estimate from XLA's cost model, not a measurement"
+ESTIMATE = "estimate from XLA's cost analysis, not a measurement"
+# Where a TPU step's time comes from (cost_model['source']).
+XLA_COST_MODEL = 'xla_cost_model'  # cost_analysis()['optimal_seconds'].
+ROOFLINE = 'roofline'  # max(FLOPs / peak, bytes accessed / HBM bandwidth), a lower bound.
 NO_ESTIMATE = "none: XLA's GPU compiler has no cost model to ask"
 NOT_DONE_ON_GPU = (
     'no time estimate: XLA gives none for GPUs',
@@ -149,15 +153,15 @@ def tpu_analysis(accelerator: Accelerator, step: CompiledStep) -> dict:
   """XLA's TPU cost analysis of a compiled step, and its convolutions' operand dtypes."""
   cost = step.compiled.cost_analysis()
   flops_per_chip = float(cost['flops'])
-  seconds = step_seconds_estimate(cost.get('optimal_seconds'), flops_per_chip,
-                                  accelerator.chip)
+  timing = step_time(cost, accelerator.chip)
+  seconds = timing['step_seconds_estimate']
   return {
       'flops': flops_per_chip * accelerator.chips, 'flops_per_chip': flops_per_chip,
       'cost_model': {
-          'note': ESTIMATE,
-          'optimal_seconds': cost.get('optimal_seconds'),
-          'step_seconds_estimate': seconds,
-          'images_per_sec_estimate': step.batch_size / seconds if seconds else None},
+          'note': ESTIMATE, **timing,
+          'images_per_sec_estimate': step.batch_size / seconds if seconds else None,
+          # Its totals; per-operand entries ('bytes accessed0{}', ...) left out.
+          'xla_cost_analysis': {k: float(v) for k, v in sorted(cost.items()) if '{' not in k}},
       'compiled_convolution_operand_dtypes': hlo_stats.convolution_dtypes(
           step.compiled.as_text()),
   }
@@ -204,12 +208,51 @@ def step_seconds_estimate(optimal_seconds: float | None, flops_per_chip: float,
   return float(optimal_seconds)
 
 
+def roofline_seconds(flops_per_chip: float, bytes_per_chip: float,
+                     chip: accelerators.Chip) -> tuple[float, str]:
+  """The least time a chip can take: (seconds, 'compute' or 'memory', whichever binds).
+
+  Its FLOPs at the chip's bf16 peak, or its bytes to and from HBM at the HBM
+  bandwidth, whichever takes longer: a lower bound on the step's time (no
+  overlap lost, no op below the peak), so its images/s are an upper bound.
+  """
+  compute, memory = flops_per_chip / chip.peak_flops, bytes_per_chip / chip.hbm_bandwidth
+  return (compute, 'compute') if compute >= memory else (memory, 'memory')
+
+
+def step_time(cost: dict, chip: accelerators.Chip) -> dict:
+  """A TPU step's estimated time from XLA's `cost_analysis()`, and where it comes from.
+
+  XLA's cost model (`optimal_seconds`) where it can be right
+  (`step_seconds_estimate`), else the roofline of XLA's FLOPs and bytes
+  accessed, which is given beside XLA's either way.
+  """
+  optimal = cost.get('optimal_seconds')
+  optimal = None if optimal is None else float(optimal)
+  flops = float(cost['flops'])
+  roofline, bound = roofline_seconds(flops, float(cost.get('bytes accessed', 0)), chip)
+  xla = step_seconds_estimate(optimal, flops, chip)
+  timing = {'optimal_seconds': optimal, 'roofline_seconds': roofline,
+            'roofline_bound': bound}
+  if xla is not None:
+    return {**timing, 'source': XLA_COST_MODEL, 'step_seconds_estimate': xla}
+  return {**timing, 'source': ROOFLINE, 'step_seconds_estimate': roofline,
+          'xla_refused': ('no time' if optimal is None else
+                          f'{optimal:.4g} s, not positive' if optimal <= 0 else
+                          f'{optimal:.4g} s, faster than its FLOPs at the peak')}
+
+
 def estimate(cost: dict) -> str:
-  """The cost model's images/s as the table gives it."""
-  if cost['images_per_sec_estimate'] is not None:
-    return (f"{cost['images_per_sec_estimate']:,.0f} (XLA cost model, "
-            f"{1000 * cost['step_seconds_estimate']:.2f} ms/step, not measured)")
-  return 'no estimate' if cost['note'] == ESTIMATE else cost['note']
+  """The estimated images/s as the table gives it, with where they come from."""
+  if cost['images_per_sec_estimate'] is None:
+    return 'no estimate' if cost['note'] == ESTIMATE else cost['note']
+  images, ms = cost['images_per_sec_estimate'], 1000 * cost['step_seconds_estimate']
+  if cost['source'] == XLA_COST_MODEL:
+    return f'{images:,.0f} (XLA cost model, {ms:.2f} ms/step, not measured)'
+  bound = ("XLA's bytes accessed at the HBM bandwidth" if cost['roofline_bound'] == 'memory'
+           else "XLA's FLOPs at the bf16 peak")
+  return (f'at most {images:,.0f} (a roofline, not measured: {ms:.2f} ms/step, {bound}; '
+          f"XLA's cost model gave {cost['xla_refused']})")
 
 
 def format_table(report: dict) -> str:

@@ -89,11 +89,12 @@ def expected_counts():
       'googlenet28': (plain + norm + stem_3x3, norm),
       'inception_resnet': (plain + norm + residual, norm),
       'inception_v3': (21_675_242, 34_432),
+      'inception_v3_299': (21_675_242, 34_432),  # Its extra pool holds no parameters.
   }
 
 
 PARAMS = expected_counts()
-IMAGE_SIZE = {'googlenet28': 28, 'inception_v3': 96}  # Else 32.
+IMAGE_SIZE = {'googlenet28': 28, 'inception_v3': 96, 'inception_v3_299': 96}  # Else 32.
 
 
 def shapes(model, image_size, train_mode=False):

@@ -100,7 +100,8 @@ MODES = {
         checkpoint_inference(config), workdir),
     'summary': lambda config, workdir: print(summary.summary_table(
         experiment.create_model(config), config.model, experiment.image_shape(config))),
-    'compare': lambda config, workdir: print(compare.comparison_table(config.num_classes)),
+    'compare': lambda config, workdir: print(compare.comparison_table(
+        experiment.with_dataset_classes(config).num_classes)),
     'compile': lambda config, workdir: compile_mode.compile_and_report(
         config, workdir, FLAGS.topology, FLAGS.largest_batch),
 }

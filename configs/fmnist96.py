@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   """The chapter's hyperparameters; every field can be overridden on the command line."""
   config = ml_collections.ConfigDict()
   config.model = 'googlenet'  # Model name, see googlenet_jax/models/__init__.py.
-  config.num_classes = 10  # Fashion-MNIST has 10 classes.
+  config.num_classes = 0  # Outputs of the head; 0 = the dataset's classes (10 here).
   config.image_size = 96  # Images are resized (bilinear, on the device) to this size.
   config.conv_lowering = 'auto'  # CPU form (convs as matmuls): 'auto' (on a CPU), 'matmul', 'xla'.
   config.dtype = 'float32'  # Compute dtype, or 'bfloat16' (GPU/TPU); params stay float32.

@@ -70,9 +70,32 @@ class Experiment:
     return train_state.abstract_train_state(self.model, self.optimizer, self.image_shape)
 
 
+def with_dataset_classes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config`, or a copy whose num_classes 0 is its dataset's number of classes.
+
+  Raises:
+    UserError: num_classes is negative, or is 0 and the dataset cannot say,
+      without loading it, how many classes it has.
+  """
+  if config.num_classes > 0:
+    return config
+  if config.num_classes < 0:
+    raise UserError(f'config.num_classes is {config.num_classes}: give the number of '
+                    "classes, or 0 for the dataset's.")
+  count = data.spec(config.dataset).num_classes
+  if count is None:
+    raise UserError(f'config.num_classes is 0 (the dataset\'s), but dataset '
+                    f'{config.dataset} gives no number of classes before it is loaded: '
+                    'set --config.num_classes.')
+  resolved = config.copy_and_resolve_references()
+  resolved.num_classes = count(config.data_dir)
+  return resolved
+
+
 def create_model(config: ml_collections.ConfigDict, conv_form: str | None = None,
                  platform: str | None = None) -> nn.Module:
   """The config's model; `conv_form` (default config.conv_lowering) for `platform`."""
+  config = with_dataset_classes(config)
   return train_state.create_model(config.model, config.num_classes,
                                   conv_form or config.conv_lowering, config.dtype,
                                   platform)
@@ -128,14 +151,14 @@ def augmentation(config: ml_collections.ConfigDict) -> augment.Augmentation:
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
-  """The config's dataset, loaded; its classes must be `config.num_classes`.
+  """The config's dataset, loaded; its classes must be `config.num_classes`, unless 0.
 
   Raises:
     UserError: the dataset cannot be read, or has another number of classes.
   """
   spec = data.spec(config.dataset)
   dataset = spec.load(config.data_dir, **{option: config[option] for option in spec.options})
-  if len(dataset.class_names) != config.num_classes:
+  if config.num_classes and len(dataset.class_names) != config.num_classes:
     raise UserError(f'config.num_classes is {config.num_classes}, but {config.dataset} has '
                     f'{len(dataset.class_names)} classes: run with '
                     f'--config.num_classes={len(dataset.class_names)}.')
@@ -154,6 +177,7 @@ def build(config: ml_collections.ConfigDict, *, devices: Sequence[jax.Device] | 
     UserError: a batch size does not split over the devices, or the data
       cannot be read; nothing has been written.
   """
+  config = with_dataset_classes(config)
   num_devices = len(devices) if devices else jax.device_count()
   validation.check_batch_sizes(config, num_devices)
   dataset = load_dataset(config) if load_data else None

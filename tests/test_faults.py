@@ -143,7 +143,7 @@ def test_a_checkpoint_of_before_the_config_record_restores_and_refuses_a_new_opt
   workdir = two_step_workdir
   for step in ('1', '2'):  # The meta of commit 24c747a: the model and its input.
     (workdir / 'checkpoints' / step / 'meta' / 'metadata').write_text(json.dumps(
-        {'model': config.model, 'num_classes': config.num_classes,
+        {'model': config.model, 'num_classes': 10,
          'image_size': config.image_size}))
   assert experiment.build_inference(config, str(workdir)).state.step == 2
   momentum = config.copy_and_resolve_references()

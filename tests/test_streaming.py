@@ -34,8 +34,7 @@ def jpegs(config, tmp_path_factory):
   jpeg_data.prepare(data_dir)
   streamed = config.copy_and_resolve_references()
   streamed.update(dataset=jpeg_data.NAME, data_dir=data_dir, image_size=IMAGE_SIZE,
-                  num_classes=len(jpeg_data.CLASS_NAMES), batch_size=8, eval_batch_size=8,
-                  num_epochs=2)
+                  batch_size=8, eval_batch_size=8, num_epochs=2)
   return streamed
 
 
@@ -99,6 +98,16 @@ def test_a_missing_split_names_the_splits_there(jpegs):
   no_split.eval_split = 'validation'
   with pytest.raises(UserError, match=r"has no split 'validation': it has test, train \("):
     experiment.load_dataset(no_split)
+
+
+def test_the_classes_are_the_datasets_unless_the_config_sets_them(jpegs):
+  assert jpegs.num_classes == 0  # The default: the dataset's, from its info.
+  assert experiment.with_dataset_classes(jpegs).num_classes == len(jpeg_data.CLASS_NAMES)
+  six = jpegs.copy_and_resolve_references()
+  six.num_classes = 6
+  with pytest.raises(UserError, match=rf'^config.num_classes is 6, but {jpeg_data.NAME} has '
+                                      r'7 classes: run with --config.num_classes=7\.$'):
+    experiment.load_dataset(six)
 
 
 def test_a_dataset_without_an_image_feature_names_its_features(config):

@@ -14,7 +14,6 @@ from googlenet_jax import sharding
 from googlenet_jax import train
 from googlenet_jax.errors import UserError
 from googlenet_jax.runtime import checkpoint
-from googlenet_jax.runtime import config_fields
 from compare_runs import update_difference
 from fake_data import NUM_TEST, NUM_TRAIN
 
@@ -53,8 +52,8 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
   batch1 = jax.tree.map(lambda x: x.reshape((1, 16) + x.shape[2:]), batch8)
 
   one = jax.devices()[:1]
-  state1, metrics1 = experiment.build(config, devices=one, load_data=False).p_train_step(
-      sharding.replicate(state, one), batch1)
+  on_one = experiment.build(config, devices=one, load_data=False)
+  state1, metrics1 = on_one.p_train_step(sharding.replicate(state, one), batch1)
   p_train_step8 = experiment.build(config, load_data=False).p_train_step
   state8, metrics8 = p_train_step8(sharding.replicate(state), batch8)
 
@@ -68,7 +67,7 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
   # The 1-device state, checkpointed as training does, evaluates on 8 devices.
   manager = checkpoint.create_manager(
       checkpoint.checkpoint_dir(config.checkpoint_dir, str(tmp_path)))
-  train.save_checkpoint(manager, state1, config_fields.record(config),
+  train.save_checkpoint(manager, state1, on_one.record,
                         float(metrics1['loss'][0]))
   manager.wait_until_finished()
   evaluated = evaluate.evaluate_checkpoint(experiment.build_inference(config, str(tmp_path)),

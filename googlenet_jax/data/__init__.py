@@ -14,7 +14,8 @@ from googlenet_jax.data.dataset import Dataset, DatasetSpec
 DATASETS = {
     'fashion_mnist': DatasetSpec(
         load=fashion_mnist.load, image_shape=fashion_mnist.IMAGE_SHAPE,
-        options=('source_dir', 'verify_checksums')),
+        options=('source_dir', 'verify_checksums'),
+        num_classes=lambda data_dir: len(fashion_mnist.CLASS_NAMES)),
 }
 
 
@@ -25,4 +26,5 @@ def spec(name: str) -> DatasetSpec:
   return DatasetSpec(
       load=functools.partial(tfds_images.load, name), image_shape=None,
       options=('image_size', 'train_split', 'eval_split', 'data_workers'),
-      normalization=(tfds_images.IMAGENET_MEAN, tfds_images.IMAGENET_STD), masked=True)
+      normalization=(tfds_images.IMAGENET_MEAN, tfds_images.IMAGENET_STD), masked=True,
+      num_classes=functools.partial(tfds_images.num_classes, name))

@@ -33,6 +33,9 @@ class DatasetSpec:
   # image that cannot be decoded), so a train step compiled ahead of the data
   # takes the input it will be fed.
   masked: bool = False
+  # num_classes(data_dir): its number of classes, read without loading it, for
+  # config.num_classes 0 ("the dataset's"); None: the config must give it.
+  num_classes: Callable[[str], int] | None = None
 
   def example_shape(self, image_size: int) -> tuple[int, int, int]:
     """(H, W, C) of each example as the host batches it, at config.image_size."""

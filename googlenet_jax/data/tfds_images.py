@@ -222,6 +222,17 @@ def check_features(info) -> None:
                     f'has {found}, not an Image "image" and a ClassLabel "label".')
 
 
+def num_classes(name: str, data_dir: str) -> int:
+  """The number of classes of the prepared dataset `name`, from its info alone.
+
+  Raises:
+    UserError: it is not prepared, or is not an image classification dataset.
+  """
+  info = builder(name, data_dir).info
+  check_features(info)
+  return info.features['label'].num_classes
+
+
 def load(name: str, data_dir: str, *, image_size: int, train_split: str, eval_split: str,
          data_workers: int) -> Dataset:
   """The prepared TFDS dataset `name`, its two splits streamed.

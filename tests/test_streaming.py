@@ -93,11 +93,15 @@ def test_a_dataset_that_is_not_prepared_says_how_to_prepare_it(jpegs, tmp_path):
   assert 'manual_dir' in tfds_images.not_prepared('imagenet2012', str(tmp_path))
 
 
-def test_a_missing_split_names_the_splits_there(jpegs):
+def test_a_missing_split_names_the_splits_there_and_a_slice_is_read(jpegs):
   no_split = jpegs.copy_and_resolve_references()
   no_split.eval_split = 'validation'
   with pytest.raises(UserError, match=r"has no split 'validation': it has test, train \("):
     experiment.load_dataset(no_split)
+  sliced = jpegs.copy_and_resolve_references()
+  sliced.update(train_split='train[:50%]', eval_split='test[2:7]')
+  splits = experiment.load_dataset(sliced).splits
+  assert (len(splits['train']), len(splits['test'])) == (jpeg_data.NUM_TRAIN // 2, 5)
 
 
 def test_the_classes_are_the_datasets_unless_the_config_sets_them(jpegs):

@@ -245,10 +245,13 @@ def load(name: str, data_dir: str, *, image_size: int, train_split: str, eval_sp
   check_features(prepared.info)
   splits = {'train': train_split, 'test': eval_split}
   for split in splits.values():
-    if split not in prepared.info.splits:
+    try:
+      prepared.info.splits[split]  # A split, or a slice of splits: 'train[:10%]'.
+    except (KeyError, ValueError) as e:
       raise UserError(f'Dataset {name} has no split {split!r}: it has '
                       f'{", ".join(sorted(prepared.info.splits))} (set '
-                      '--config.train_split or --config.eval_split).')
+                      '--config.train_split or --config.eval_split; a slice such as '
+                      "'train[:10%]' works too).") from e
   if prepared.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
     raise UserError(f'Dataset {name} in {prepared.data_dir} is stored as '
                     f'{prepared.info.file_format.value}, which cannot be read by index: '

@@ -1,11 +1,12 @@
 """What a compiled step shows, and the table --mode=compile prints.
 
-Its memory per chip and whether that fits, its FLOPs, a step time on TPUs (an
-estimate, never a measurement: XLA's cost model where its figure can be right,
-else a roofline of XLA's FLOPs and bytes accessed against the chip's peak and
-HBM bandwidth), its convolutions, cuDNN calls and collectives (hlo_stats), and
-what the compile was for. On GPUs XLA has no cost model, nothing is autotuned
-and nothing runs; whether a step fits is a rule (`fit_rule`).
+Its memory per chip and whether that fits, its FLOPs, a step time (an
+estimate, never a measurement: on TPUs XLA's cost model where its figure can be
+right, else a roofline of XLA's FLOPs and bytes accessed against the chip's
+peak and HBM bandwidth; on GPUs, where XLA has no cost model, the roofline of
+the compiled kernels' bytes), its convolutions, cuDNN calls and collectives
+(hlo_stats), and what the compile was for. On GPUs nothing is autotuned and
+nothing runs; whether a step fits is a rule (`fit_rule`).
 """
 
 import dataclasses
@@ -22,19 +23,21 @@ from googlenet_jax.tools import hlo_stats
 from googlenet_jax.tools.accelerators import Accelerator, GiB
 
 
-ESTIMATE = "estimate from XLA's cost analysis, not a measurement"
+ESTIMATE = 'an estimate from the compiled program, not a measurement'
 # Where a TPU step's time comes from (cost_model['source']).
 XLA_COST_MODEL = 'xla_cost_model'  # cost_analysis()['optimal_seconds'].
 ROOFLINE = 'roofline'  # max(FLOPs / peak, bytes accessed / HBM bandwidth), a lower bound.
-NO_ESTIMATE = "none: XLA's GPU compiler has no cost model to ask"
 NOT_DONE_ON_GPU = (
-    'no time estimate: XLA gives none for GPUs',
+    "no time from XLA, which has no GPU cost model: the estimate is a roofline of "
+    "the compiled kernels' bytes",
     'no autotuning: without a GPU, XLA takes default cuDNN algorithms and gives '
     'them no workspace',
     'nothing run: the figures are the compiler\'s',
 )
 GPU_FLOPS = ("XLA's CPU cost analysis of the unoptimised step (XLA's GPU compiler "
              'gives none)')
+GPU_BYTES = ("the operands and results of the compiled program's kernels (fusions, "
+             'cuDNN and cuBLAS calls, collectives), as XLA counts bytes accessed')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,20 +165,32 @@ def tpu_analysis(accelerator: Accelerator, step: CompiledStep) -> dict:
           'images_per_sec_estimate': step.batch_size / seconds if seconds else None,
           # Its totals; per-operand entries ('bytes accessed0{}', ...) left out.
           'xla_cost_analysis': {k: float(v) for k, v in sorted(cost.items()) if '{' not in k}},
+      # What the GPU's roofline counts, beside XLA's own count of the same.
+      'kernel_bytes_per_chip': hlo_stats.kernel_bytes(step.compiled.as_text()),
       'compiled_convolution_operand_dtypes': hlo_stats.convolution_dtypes(
           step.compiled.as_text()),
   }
 
 
 def gpu_analysis(accelerator: Accelerator, step: CompiledStep) -> dict:
-  """A compiled GPU step's FLOPs and cuDNN calls; no cost model exists to ask."""
+  """A compiled GPU step's FLOPs, cuDNN calls, and the roofline of its kernels' bytes.
+
+  XLA's GPU compiler has no cost model to ask, so the step's time is always
+  the roofline, as on TPUs where XLA's time cannot be right.
+  """
   flops_per_chip = unoptimised_flops_per_chip(step)
   text = step.compiled.as_text()
+  bytes_per_chip = hlo_stats.kernel_bytes(text)
+  seconds, bound = roofline_seconds(flops_per_chip, bytes_per_chip, accelerator.chip)
   return {
       'flops': flops_per_chip * accelerator.chips, 'flops_per_chip': flops_per_chip,
       'flops_source': GPU_FLOPS,
-      'cost_model': {'note': NO_ESTIMATE, 'step_seconds_estimate': None,
-                     'images_per_sec_estimate': None},
+      'kernel_bytes_per_chip': bytes_per_chip, 'kernel_bytes_source': GPU_BYTES,
+      'cost_model': {'note': ESTIMATE, 'source': ROOFLINE, 'optimal_seconds': None,
+                     'roofline_seconds': seconds, 'roofline_bound': bound,
+                     'step_seconds_estimate': seconds,
+                     'images_per_sec_estimate': step.batch_size / seconds,
+                     'xla_refused': 'none (it has no GPU cost model)'},
       'cudnn_calls': hlo_stats.cudnn_calls(text),
       'cudnn_workspace_bytes': hlo_stats.cudnn_workspace_bytes(text),
   }
@@ -245,12 +260,12 @@ def step_time(cost: dict, chip: accelerators.Chip) -> dict:
 def estimate(cost: dict) -> str:
   """The estimated images/s as the table gives it, with where they come from."""
   if cost['images_per_sec_estimate'] is None:
-    return 'no estimate' if cost['note'] == ESTIMATE else cost['note']
+    return 'no estimate'
   images, ms = cost['images_per_sec_estimate'], 1000 * cost['step_seconds_estimate']
   if cost['source'] == XLA_COST_MODEL:
     return f'{images:,.0f} (XLA cost model, {ms:.2f} ms/step, not measured)'
-  bound = ("XLA's bytes accessed at the HBM bandwidth" if cost['roofline_bound'] == 'memory'
-           else "XLA's FLOPs at the bf16 peak")
+  bound = ('its bytes accessed at the HBM bandwidth' if cost['roofline_bound'] == 'memory'
+           else 'its FLOPs at the bf16 peak')
   return (f'at most {images:,.0f} (a roofline, not measured: {ms:.2f} ms/step, {bound}; '
           f"XLA's cost model gave {cost['xla_refused']})")
 

@@ -117,3 +117,47 @@ def collective_group_sizes(hlo_text: str) -> list[int]:
     axis_sizes = {name: int(size) for name, size in re.findall(r"'(\w+)'=(\d+)", axes)}
     sizes.add(math.prod(axis_sizes[name] for name in re.findall(r"'(\w+)'", grouped)))
   return sorted(sizes)
+
+
+_ENTRY = re.compile(r'^ENTRY [^\n]*\{\n(.*?)\n\}', re.MULTILINE | re.DOTALL)
+_INSTRUCTION = re.compile(
+    r'^\s*(?:ROOT )?%([\w.-]+) = (\([^=]*?\)|\w+\[[\d,]*\](?:\{[^}]*\})?) ([\w-]+)\(([^)]*)\)',
+    re.MULTILINE)
+_ARRAY = re.compile(r'(\w+)\[([\d,]*)\]')
+_OPERAND = re.compile(r'%([\w.-]+)')
+_BITS = {'pred': 8, 'token': 0, 'f64': 64, 's64': 64, 'u64': 64, 'c64': 64, 'c128': 128}
+# Instructions that launch no kernel: they name buffers, or finish an async
+# start whose kernel moved the bytes.
+_NO_KERNEL = ('parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast',
+              'after-all', 'partition-id', 'replica-id', 'opt-barrier')
+
+
+def _bytes(shape: str) -> int:
+  """The bytes of an HLO shape: one array (bf16[8,128]) or a tuple of them."""
+  total = 0
+  for dtype, dims in _ARRAY.findall(shape):
+    bits = _BITS.get(dtype) or int(re.sub(r'\D*(\d+).*', r'\1', dtype) or 8)
+    total += math.prod(int(d) for d in dims.split(',') if d) * bits // 8
+  return total
+
+
+def kernel_bytes(hlo_text: str) -> int:
+  """The bytes that the kernels of a compiled module's entry computation read and write.
+
+  Each fusion, library call (cuDNN, cuBLAS) or collective reads its operands
+  from HBM and writes its results, as XLA's cost analysis counts 'bytes
+  accessed'; buffers that stay in a cache between kernels are counted too, so
+  this is an estimate of the traffic, not a bound.
+  """
+  entry = _ENTRY.search(hlo_text)
+  if entry is None:
+    raise ValueError('no ENTRY computation in the HLO text')
+  shapes, total = {}, 0
+  for name, shape, opcode, operands in _INSTRUCTION.findall(entry.group(1)):
+    shapes[name] = shape
+    if opcode in _NO_KERNEL or opcode.endswith('-done'):
+      continue
+    if opcode in ('while', 'call', 'conditional'):
+      raise ValueError(f'{opcode} in the entry computation: its kernels are not counted')
+    total += _bytes(shape) + sum(_bytes(shapes.get(o, '')) for o in _OPERAND.findall(operands))
+  return total

@@ -181,16 +181,19 @@ def gpu_analysis(accelerator: Accelerator, step: CompiledStep) -> dict:
   flops_per_chip = unoptimised_flops_per_chip(step)
   text = step.compiled.as_text()
   bytes_per_chip = hlo_stats.kernel_bytes(text)
-  seconds, bound = roofline_seconds(flops_per_chip, bytes_per_chip, accelerator.chip)
+  cost = {'note': ESTIMATE, 'source': ROOFLINE, 'optimal_seconds': None,
+          'xla_refused': 'none (it has no GPU cost model)'}
+  if bytes_per_chip is None:  # A loop in the step: no count, no time.
+    cost.update(step_seconds_estimate=None, images_per_sec_estimate=None)
+  else:
+    seconds, bound = roofline_seconds(flops_per_chip, bytes_per_chip, accelerator.chip)
+    cost.update(roofline_seconds=seconds, roofline_bound=bound, step_seconds_estimate=seconds,
+                images_per_sec_estimate=step.batch_size / seconds)
   return {
       'flops': flops_per_chip * accelerator.chips, 'flops_per_chip': flops_per_chip,
       'flops_source': GPU_FLOPS,
       'kernel_bytes_per_chip': bytes_per_chip, 'kernel_bytes_source': GPU_BYTES,
-      'cost_model': {'note': ESTIMATE, 'source': ROOFLINE, 'optimal_seconds': None,
-                     'roofline_seconds': seconds, 'roofline_bound': bound,
-                     'step_seconds_estimate': seconds,
-                     'images_per_sec_estimate': step.batch_size / seconds,
-                     'xla_refused': 'none (it has no GPU cost model)'},
+      'cost_model': cost,
       'cudnn_calls': hlo_stats.cudnn_calls(text),
       'cudnn_workspace_bytes': hlo_stats.cudnn_workspace_bytes(text),
   }

@@ -141,13 +141,15 @@ def _bytes(shape: str) -> int:
   return total
 
 
-def kernel_bytes(hlo_text: str) -> int:
+def kernel_bytes(hlo_text: str) -> int | None:
   """The bytes that the kernels of a compiled module's entry computation read and write.
 
   Each fusion, library call (cuDNN, cuBLAS) or collective reads its operands
   from HBM and writes its results, as XLA's cost analysis counts 'bytes
   accessed'; buffers that stay in a cache between kernels are counted too, so
-  this is an estimate of the traffic, not a bound.
+  this is an estimate of the traffic, not a bound. None where the entry
+  computation loops or calls (a scanned model): its kernels run an unknown
+  number of times.
   """
   entry = _ENTRY.search(hlo_text)
   if entry is None:
@@ -158,6 +160,6 @@ def kernel_bytes(hlo_text: str) -> int:
     if opcode in _NO_KERNEL or opcode.endswith('-done'):
       continue
     if opcode in ('while', 'call', 'conditional'):
-      raise ValueError(f'{opcode} in the entry computation: its kernels are not counted')
+      return None
     total += _bytes(shape) + sum(_bytes(shapes.get(o, '')) for o in _OPERAND.findall(operands))
   return total

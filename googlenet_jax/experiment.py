@@ -233,9 +233,11 @@ def inference_config(config: ml_collections.ConfigDict, record: dict[str, Any],
   A field in `overrides` (set on the command line) keeps its value: a compute
   field (dtype) then runs as asked; a network field is checked against the
   record when the checkpoint is read. Fields the record lacks (it predates
-  them) keep the config's value.
+  them) keep the config's value. num_classes 0, the dataset's, is the record's.
   """
   config = config.copy_and_resolve_references()
+  if config.num_classes == 0:
+    overrides = set(overrides) - {'num_classes'}
   for field in config_fields.READ_FOR_INFERENCE:
     if field in record and field not in overrides and record[field] != config[field]:
       logging.info("Using the checkpoint's %s=%r (the config has %r).", field,

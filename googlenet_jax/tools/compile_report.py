@@ -24,7 +24,7 @@ from googlenet_jax.tools.accelerators import Accelerator, GiB
 
 
 ESTIMATE = 'an estimate from the compiled program, not a measurement'
-# Where a TPU step's time comes from (cost_model['source']).
+# Where a step's time comes from (cost_model['source']).
 XLA_COST_MODEL = 'xla_cost_model'  # cost_analysis()['optimal_seconds'].
 ROOFLINE = 'roofline'  # max(FLOPs / peak, bytes accessed / HBM bandwidth), a lower bound.
 NOT_DONE_ON_GPU = (

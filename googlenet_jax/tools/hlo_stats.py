@@ -136,7 +136,8 @@ def _bytes(shape: str) -> int:
   """The bytes of an HLO shape: one array (bf16[8,128]) or a tuple of them."""
   total = 0
   for dtype, dims in _ARRAY.findall(shape):
-    bits = _BITS.get(dtype) or int(re.sub(r'\D*(\d+).*', r'\1', dtype) or 8)
+    width = re.search(r'\d+', dtype)  # bf16 -> 16, f8e4m3fn -> 8.
+    bits = _BITS[dtype] if dtype in _BITS else int(width.group()) if width else 8
     total += math.prod(int(d) for d in dims.split(',') if d) * bits // 8
   return total
 

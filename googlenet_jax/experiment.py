@@ -70,25 +70,30 @@ class Experiment:
     return train_state.abstract_train_state(self.model, self.optimizer, self.image_shape)
 
 
-def with_dataset_classes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def with_dataset_classes(config: ml_collections.ConfigDict,
+                         dataset: data.Dataset | None = None) -> ml_collections.ConfigDict:
   """`config`, or a copy whose num_classes 0 is its dataset's number of classes.
 
+  The number is `dataset`'s, where it is loaded, else what the dataset's spec
+  reads without loading it.
+
   Raises:
-    UserError: num_classes is negative, or is 0 and the dataset cannot say,
-      without loading it, how many classes it has.
+    UserError: num_classes is negative, or is 0 and the dataset, not loaded,
+      cannot say how many classes it has.
   """
   if config.num_classes > 0:
     return config
   if config.num_classes < 0:
     raise UserError(f'config.num_classes is {config.num_classes}: give the number of '
                     "classes, or 0 for the dataset's.")
-  count = data.spec(config.dataset).num_classes
-  if count is None:
+  count_classes = data.spec(config.dataset).num_classes
+  if dataset is None and count_classes is None:
     raise UserError(f'config.num_classes is 0 (the dataset\'s), but dataset '
                     f'{config.dataset} gives no number of classes before it is loaded: '
                     'set --config.num_classes.')
   resolved = config.copy_and_resolve_references()
-  resolved.num_classes = count(config.data_dir)
+  resolved.num_classes = (len(dataset.class_names) if dataset
+                          else count_classes(config.data_dir))
   return resolved
 
 
@@ -170,17 +175,18 @@ def build(config: ml_collections.ConfigDict, *, devices: Sequence[jax.Device] | 
   """The Experiment of `config`, its steps pmapped over `devices` (default: local).
 
   The model's convolutions take the form of the devices' platform. Without
-  `load_data` (--mode=compile), nothing is read and an epoch counts as 1 step,
-  which shapes only the schedule, not the optimizer state.
+  `load_data` (--mode=compile), nothing is read (but the number of classes, for
+  num_classes 0) and an epoch counts as 1 step, which shapes only the
+  schedule, not the optimizer state.
 
   Raises:
     UserError: a batch size does not split over the devices, or the data
       cannot be read; nothing has been written.
   """
-  config = with_dataset_classes(config)
   num_devices = len(devices) if devices else jax.device_count()
   validation.check_batch_sizes(config, num_devices)
   dataset = load_dataset(config) if load_data else None
+  config = with_dataset_classes(config, dataset)
   steps_per_epoch = (input_pipeline.steps_per_epoch(len(dataset.splits['train']),
                                                     config.batch_size) if dataset else 1)
   learning_rate = create_learning_rate_fn(config, steps_per_epoch)

@@ -75,7 +75,7 @@ def test_a_new_dataset_and_model_train_and_evaluate_through_main(tmp_path):
   workdir = str(tmp_path / 'w')
   trained = run_program(
       '--config=configs/fmnist96.py', f'--workdir={workdir}', '--config.dataset=colours',
-      '--config.model=tinynet', '--config.num_classes=6', '--config.image_size=8',
+      '--config.model=tinynet', '--config.image_size=8',
       '--config.batch_size=8', '--config.eval_batch_size=4', '--config.num_epochs=1',
       f'--config.compilation_cache_dir={tmp_path / "cache"}')
   assert trained.returncode == 0, trained.stderr[-3000:]

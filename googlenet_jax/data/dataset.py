@@ -34,7 +34,8 @@ class DatasetSpec:
   # takes the input it will be fed.
   masked: bool = False
   # num_classes(data_dir): its number of classes, read without loading it, for
-  # config.num_classes 0 ("the dataset's"); None: the config must give it.
+  # config.num_classes 0 ("the dataset's") where the data is not loaded
+  # (--mode=compile, summary); None: those modes need --config.num_classes.
   num_classes: Callable[[str], int] | None = None
 
   def example_shape(self, image_size: int) -> tuple[int, int, int]:

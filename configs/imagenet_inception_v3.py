@@ -10,8 +10,9 @@ below): the train step takes 4.92 of 15.75 GiB of HBM per chip at batch 1024,
 4,155 GFLOP per chip a step (32.5 per training image), and at most 14,567
 images/s by a roofline (XLA's bytes at the HBM bandwidth; XLA's cost model gave
 a negative time): an estimate, not a measurement. On v6e-8: 4.28 of 31.25 GiB,
-at most 27,373 images/s (the same roofline). v5p-8 and h100-8 were not compiled
-for this network (docs/tpu.md).
+at most 27,373 images/s (the same roofline). On v5p-8: 9.87 of 95.74 GiB,
+20,373 images/s (XLA's cost model). On h100-8: 7.20 of 59.33 GiB usable, at most
+48,840 images/s (a roofline of the compiled kernels' bytes; docs/gpu.md).
 
 The recipe is configs/imagenet_googlenet.py's, flax's examples/imagenet (SGD,
 Nesterov momentum 0.9, 0.1 per 256 images scaled linearly with the batch as

@@ -155,6 +155,7 @@ def analyse(accelerator: Accelerator, step: CompiledStep) -> dict:
 def tpu_analysis(accelerator: Accelerator, step: CompiledStep) -> dict:
   """XLA's TPU cost analysis of a compiled step, and its convolutions' operand dtypes."""
   cost = step.compiled.cost_analysis()
+  text = step.compiled.as_text()
   flops_per_chip = float(cost['flops'])
   timing = step_time(cost, accelerator.chip)
   seconds = timing['step_seconds_estimate']
@@ -166,9 +167,8 @@ def tpu_analysis(accelerator: Accelerator, step: CompiledStep) -> dict:
           # Its totals; per-operand entries ('bytes accessed0{}', ...) left out.
           'xla_cost_analysis': {k: float(v) for k, v in sorted(cost.items()) if '{' not in k}},
       # What the GPU's roofline counts, beside XLA's own count of the same.
-      'kernel_bytes_per_chip': hlo_stats.kernel_bytes(step.compiled.as_text()),
-      'compiled_convolution_operand_dtypes': hlo_stats.convolution_dtypes(
-          step.compiled.as_text()),
+      'kernel_bytes_per_chip': hlo_stats.kernel_bytes(text),
+      'compiled_convolution_operand_dtypes': hlo_stats.convolution_dtypes(text),
   }
 
 

@@ -92,7 +92,7 @@ def with_dataset_classes(config: ml_collections.ConfigDict,
                     f'{config.dataset} gives no number of classes before it is loaded: '
                     'set --config.num_classes.')
   resolved = config.copy_and_resolve_references()
-  resolved.num_classes = (len(dataset.class_names) if dataset
+  resolved.num_classes = (len(dataset.class_names) if dataset is not None
                           else count_classes(config.data_dir))
   return resolved
 

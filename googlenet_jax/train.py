@@ -12,6 +12,7 @@ import time
 from typing import Callable, Iterable, Iterator
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -32,10 +33,22 @@ from googlenet_jax.runtime import workdirs
 from googlenet_jax.runtime.metric_writers import MetricWriter
 
 
+# A checkpoint's meta key: its epoch's train metric sums and seconds up to its step,
+# so that a resumed epoch reports the same train metrics as an uninterrupted one.
+EPOCH_SO_FAR = 'epoch_so_far'
+
+
+def epoch_so_far(total: steps.Metrics, start_time: float) -> dict:
+  """The epoch's running metric sums on the host, and its training seconds since
+  `start_time` (a `time.perf_counter()` reading)."""
+  return {'sums': evaluate.fetch_metrics(total),
+          'seconds': time.perf_counter() - start_time}
+
+
 def save_checkpoint(manager, state: train_state.TrainState, record: dict,
-                    train_loss_sum: float) -> None:
-  """Saves the replicated `state` with the config's `record`, unless training has
-  diverged since the last save.
+                    so_far: dict) -> None:
+  """Saves the replicated `state` with the config's `record` and the epoch's
+  metrics `so_far` (`epoch_so_far`), unless training has diverged since the last save.
 
   Raises:
     UserError: the training loss or a parameter is NaN or infinite; the last
@@ -43,12 +56,12 @@ def save_checkpoint(manager, state: train_state.TrainState, record: dict,
   """
   host_state = sharding.unreplicate(state)
   params_finite = all(np.isfinite(x).all() for x in jax.tree.leaves(host_state.params))
-  if not (math.isfinite(train_loss_sum) and params_finite):
+  if not (math.isfinite(so_far['sums']['loss']) and params_finite):
     raise UserError(
         f'The training loss is not finite at step {host_state.step}: stopped '
         f'without saving. The last good checkpoint is step {manager.latest_step()} '
         f'in {manager.directory}; try a lower learning rate.')
-  checkpoint.save(manager, host_state, record)
+  checkpoint.save(manager, host_state, {**record, EPOCH_SO_FAR: so_far})
 
 
 class CheckpointClock:
@@ -93,15 +106,30 @@ def checkpoint_due(every_steps: int, step: int, steps_per_epoch: int, num_steps:
   return asked and bool(step % steps_per_epoch) and step < num_steps
 
 
-def restore_or_create(experiment: Experiment, manager) -> train_state.TrainState:
-  """The latest checkpoint's state if there is one, else a new one; on the host."""
+def restore_or_create(experiment: Experiment,
+                      manager) -> tuple[train_state.TrainState, dict | None]:
+  """The latest checkpoint's state if there is one, else a new one; on the host.
+
+  Returns:
+    The state, and its epoch's `epoch_so_far` if it stopped in the middle of
+    one, else None.
+  """
   if manager.latest_step() is None:
-    return experiment.initial_state()
+    return experiment.initial_state(), None
   _, state = checkpoint.restore(manager.directory, manager.all_steps(),
                                 experiment.abstract_state(), experiment.record, resume=True)
   manager.reload()  # Damaged steps may have been moved aside.
-  logging.info('Resuming from the checkpoint at step %d.', state.step)
-  return state
+  step = int(state.step)
+  logging.info('Resuming from the checkpoint at step %d.', step)
+  epoch, step_in_epoch = divmod(step, experiment.steps_per_epoch)
+  if not step_in_epoch:
+    return state, None
+  so_far = checkpoint.read_meta(epath.Path(manager.directory) / str(step)).get(EPOCH_SO_FAR)
+  if so_far is None:
+    logging.warning('The checkpoint at step %d does not record its epoch\'s metrics so '
+                    'far: epoch %d\'s train metrics will cover only the steps from here.',
+                    step, epoch + 1)
+  return state, so_far
 
 
 # After a step: (the step count, the state, the running sums of its metrics).
@@ -109,7 +137,8 @@ AfterStep = tuple[int, train_state.TrainState, steps.Metrics]
 
 
 def train_steps(p_train_step: Callable, state: train_state.TrainState,
-                batches: Iterable, step: int, bar: progress.Progress) -> Iterator[AfterStep]:
+                batches: Iterable, step: int, bar: progress.Progress,
+                carried: dict | None = None) -> Iterator[AfterStep]:
   """Runs a step per batch; yields (step count, state, running metric sums) after each.
 
   Args:
@@ -118,14 +147,24 @@ def train_steps(p_train_step: Callable, state: train_state.TrainState,
     batches: the batches to train on.
     step: the step count before the first batch.
     bar: counts each step.
+    carried: the host sums that the running sums start from (the `epoch_so_far`
+      of a resumed epoch), else None.
   """
   total = None  # Summed as it goes: a checkpoint mid-epoch reads it.
   for batch in batches:
     state, metrics = p_train_step(state, batch)
+    if total is None and carried:
+      total = on_devices_like(carried, metrics)
     total = evaluate.add_metrics(total, metrics)
     bar.update(metrics)
     step += 1
     yield step, state, total
+
+
+def on_devices_like(sums: dict, like: steps.Metrics) -> steps.Metrics:
+  """Host `sums` laid out and typed as the step's metrics `like`, so that adding a
+  step's metrics to them rounds as in a run that never stopped."""
+  return sharding.replicate({k: np.asarray(sums[k], like[k].dtype) for k in like})
 
 
 def train_and_evaluate(experiment: Experiment, workdir: str) -> train_state.TrainState:
@@ -161,7 +200,7 @@ def run_training(experiment: Experiment, workdir: str, manager) -> train_state.T
   splits = experiment.dataset.splits
   distributed.check_hosts_agree(manager.latest_step() or 0, experiment.config_text,
                                 workdir)
-  state = restore_or_create(experiment, manager)
+  state, so_far = restore_or_create(experiment, manager)
   step = int(state.step)
   state = sharding.replicate(state)
   clock = CheckpointClock(experiment.checkpointing.every_minutes)
@@ -181,28 +220,31 @@ def run_training(experiment: Experiment, workdir: str, manager) -> train_state.T
       batches = input_pipeline.prefetch_to_device(
           itertools.islice(batches, epoch_end - step))
       bar = progress.epoch_progress(step, num_steps, steps_per_epoch, experiment.batch_size)
-      start_time = time.perf_counter()
+      # A resumed epoch carries on with the sums and seconds of its checkpoint.
+      start_time = time.perf_counter() - (so_far['seconds'] if so_far else 0.0)
       for step, state, total in train_steps(experiment.p_train_step, state, batches, step,
-                                            bar):
+                                            bar, so_far and so_far['sums']):
         if stop.requested(step):
           stopped = True
           break
         if checkpoint_due(experiment.checkpointing.every_steps, step, steps_per_epoch,
                           num_steps, clock.time_up(step)):
           save_checkpoint(manager, state, experiment.record,
-                          evaluate.fetch_metrics(total)['loss'])
+                          epoch_so_far(total, start_time))
           clock.restart()
       bar.close()
-      train = evaluate.fetch_metrics(total)
-      images_per_sec = train['count'] / (time.perf_counter() - start_time)
-      save_checkpoint(manager, state, experiment.record, train['loss'])
+      so_far = epoch_so_far(total, start_time)
+      save_checkpoint(manager, state, experiment.record, so_far)
       clock.restart()
       if step < epoch_end:  # Stopped mid-epoch: the epoch is reported when it ends.
         break
       test = evaluate.evaluate(experiment.p_eval_step, state, splits['test'],
                                experiment.eval_batch_size)
-      report_epoch(writer, workdir, step, epoch, train, test, images_per_sec,
+      train = so_far['sums']
+      report_epoch(writer, workdir, step, epoch, train, test,
+                   train['count'] / so_far['seconds'],
                    float(experiment.learning_rate_fn(step - 1)))
+      so_far = None  # The next epoch starts from nothing.
     manager.wait_until_finished()
     if stopped:
       logging.warning('Stopped at step %d with a checkpoint; run the same '

@@ -5,6 +5,7 @@ and kill them, against runs in this process; bad input is checked in process,
 and main.py's one-line error format once for each way it reports one.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -75,9 +76,16 @@ def long_config(config):
 
 @pytest.fixture(scope='module')
 def uninterrupted(long_config, tmp_path_factory):
-  """The final state of the run that the interrupted ones must end with."""
-  return train.train_and_evaluate(experiment.build(long_config),
-                                  str(tmp_path_factory.mktemp('whole')))
+  """The workdir and final state of the run that the interrupted ones must end with."""
+  workdir = tmp_path_factory.mktemp('whole')
+  return workdir, train.train_and_evaluate(experiment.build(long_config), str(workdir))
+
+
+def epoch_metrics(workdir) -> list[dict]:
+  """Each line of metrics.jsonl without its speed, which no two runs share."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    lines = [json.loads(line) for line in f]
+  return [{k: v for k, v in line.items() if k != 'train_images_per_sec'} for line in lines]
 
 
 @pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
@@ -100,11 +108,14 @@ def test_a_killed_then_preempted_run_resumes_bit_exactly(long_config, uninterrup
   # Resumed again, it ends where the uninterrupted run does, to the bit.
   result = run_main(tmp_path, long_config)
   assert result.returncode == 0, result.stderr[-3000:]
+  whole_workdir, whole = uninterrupted
   resumed = final_state(long_config, tmp_path)
   assert int(resumed.step) == 12
-  chex.assert_trees_all_equal(resumed.params, sharding.unreplicate(uninterrupted.params))
-  chex.assert_trees_all_equal(resumed.opt_state,
-                              sharding.unreplicate(uninterrupted.opt_state))
+  chex.assert_trees_all_equal(resumed.params, sharding.unreplicate(whole.params))
+  chex.assert_trees_all_equal(resumed.opt_state, sharding.unreplicate(whole.opt_state))
+  # Each epoch is reported once, the resumed ones with the train metrics of
+  # all their steps, as in the run that never stopped.
+  assert epoch_metrics(tmp_path) == epoch_metrics(whole_workdir)
 
 
 @pytest.mark.xdist_group('uninterrupted')  # One worker computes the fixture.
@@ -121,7 +132,7 @@ def test_a_half_written_checkpoint_is_skipped(long_config, uninterrupted, tmp_pa
   train.train_and_evaluate(experiment.build(long_config), str(tmp_path))
   assert not partial.exists()  # Removed when the training started.
   resumed = final_state(long_config, tmp_path)
-  chex.assert_trees_all_equal(resumed.params, sharding.unreplicate(uninterrupted.params))
+  chex.assert_trees_all_equal(resumed.params, sharding.unreplicate(uninterrupted[1].params))
 
 
 def start_tpu_slice(hosts, workdir, config, *args):

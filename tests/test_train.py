@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import chex
 import jax
@@ -68,7 +69,7 @@ def test_8_devices_give_the_1_device_step_and_evaluate_its_checkpoint(config, tm
   manager = checkpoint.create_manager(
       checkpoint.checkpoint_dir(config.checkpoint_dir, str(tmp_path)))
   train.save_checkpoint(manager, state1, on_one.record,
-                        float(metrics1['loss'][0]))
+                        train.epoch_so_far(metrics1, time.perf_counter()))
   manager.wait_until_finished()
   evaluated = evaluate.evaluate_checkpoint(experiment.build_inference(config, str(tmp_path)),
                                            str(tmp_path))

@@ -21,8 +21,8 @@ CURVES = ('train_loss', 'test_loss', 'test_accuracy')
 def read_epochs(metrics_path: str | epath.Path) -> list[dict[str, float]]:
   """The per-epoch records of metrics.jsonl, one per step, in step order.
 
-  A run stopped between logging and checkpointing logs that step again when it
-  resumes; the later record wins.
+  A run that resumed from an older checkpoint than its newest (which was damaged)
+  logs those epochs again; the later record wins.
   """
   by_step = {}
   for line in epath.Path(metrics_path).read_text().splitlines():

@@ -111,8 +111,8 @@ def restore_or_create(experiment: Experiment,
   """The latest checkpoint's state if there is one, else a new one; on the host.
 
   Returns:
-    The state, and its epoch's `epoch_so_far` if it stopped in the middle of
-    one, else None.
+    The state, and the `epoch_so_far` that its checkpoint records (None for a
+    new state, or a checkpoint written before that record).
   """
   if manager.latest_step() is None:
     return experiment.initial_state(), None
@@ -121,15 +121,55 @@ def restore_or_create(experiment: Experiment,
   manager.reload()  # Damaged steps may have been moved aside.
   step = int(state.step)
   logging.info('Resuming from the checkpoint at step %d.', step)
-  epoch, step_in_epoch = divmod(step, experiment.steps_per_epoch)
-  if not step_in_epoch:
-    return state, None
-  so_far = checkpoint.read_meta(epath.Path(manager.directory) / str(step)).get(EPOCH_SO_FAR)
-  if so_far is None:
-    logging.warning('The checkpoint at step %d does not record its epoch\'s metrics so '
-                    'far: epoch %d\'s train metrics will cover only the steps from here.',
-                    step, epoch + 1)
-  return state, so_far
+  meta = checkpoint.read_meta(epath.Path(manager.directory) / str(step))
+  return state, meta.get(EPOCH_SO_FAR)
+
+
+def epoch_ended(step: int, steps_per_epoch: int, num_steps: int) -> bool:
+  """Whether `step` ends an epoch: a multiple of the epoch, or the run's last step."""
+  return step > 0 and (step % steps_per_epoch == 0 or step == num_steps)
+
+
+def resume_epoch(writer: MetricWriter, experiment: Experiment, workdir: str,
+                 state: train_state.TrainState, step: int,
+                 so_far: dict | None) -> dict | None:
+  """What a run resumed with the replicated `state` of `step` carries on with: its
+  epoch's `so_far`, or None when `step` ends an epoch.
+
+  A run killed in an epoch's evaluation, after its checkpoint, never reported
+  that epoch: it is evaluated and reported now, with its train metrics `so_far`.
+  """
+  if not epoch_ended(step, experiment.steps_per_epoch, experiment.num_steps):
+    if step and so_far is None:
+      logging.warning('The checkpoint at step %d does not record its epoch\'s metrics so '
+                      'far: epoch %d\'s train metrics will cover only the steps from here.',
+                      step, step // experiment.steps_per_epoch + 1)
+    return so_far
+  if so_far and not logged_by_process_0(writer, step):
+    logging.info('Epoch %d was not reported before its run stopped: evaluating it now.',
+                 (step - 1) // experiment.steps_per_epoch + 1)
+    end_epoch(writer, experiment, workdir, state, step, so_far)
+  return None
+
+
+def logged_by_process_0(writer: MetricWriter, step: int) -> bool:
+  """Whether process 0's metrics.jsonl has `step`, as every process learns."""
+  logged = writer.has_step(step)
+  if jax.process_count() == 1:
+    return logged
+  return bool(multihost_utils.broadcast_one_to_all(np.array(logged)))
+
+
+def end_epoch(writer: MetricWriter, experiment: Experiment, workdir: str,
+              state: train_state.TrainState, step: int, so_far: dict) -> None:
+  """Evaluates the replicated `state` of `step`, which ends an epoch, and reports
+  the epoch with its train metrics `so_far`."""
+  test = evaluate.evaluate(experiment.p_eval_step, state, experiment.dataset.splits['test'],
+                           experiment.eval_batch_size)
+  train = so_far['sums']
+  report_epoch(writer, workdir, step, (step - 1) // experiment.steps_per_epoch, train, test,
+               train['count'] / so_far['seconds'],
+               float(experiment.learning_rate_fn(step - 1)))
 
 
 # After a step: (the step count, the state, the running sums of its metrics).
@@ -171,8 +211,9 @@ def train_and_evaluate(experiment: Experiment, workdir: str) -> train_state.Trai
   """Trains, evaluating and checkpointing after every epoch; resumes if it can.
 
   A stop (SIGTERM, Ctrl-C) saves a checkpoint at the current step and returns;
-  one that lands on an epoch's last step first finishes that epoch's evaluation,
-  so a resumed run reports every epoch once.
+  one that lands on an epoch's last step first finishes that epoch's evaluation.
+  A resumed run reports every epoch once, with the train metrics of all its
+  steps (`EPOCH_SO_FAR`), even one whose evaluation a kill cut short.
 
   Returns:
     The final (replicated) train state.
@@ -208,6 +249,7 @@ def run_training(experiment: Experiment, workdir: str, manager) -> train_state.T
   with (MetricWriter(workdir, active=jax.process_index() == 0) as writer,
         preemption.StopSignal() as stop):
     writer.write_config(step, experiment.config_text)
+    so_far = resume_epoch(writer, experiment, workdir, state, step, so_far)
     stopped = False
     while step < num_steps and not stopped:
       epoch, step_in_epoch = divmod(step, steps_per_epoch)
@@ -238,12 +280,7 @@ def run_training(experiment: Experiment, workdir: str, manager) -> train_state.T
       clock.restart()
       if step < epoch_end:  # Stopped mid-epoch: the epoch is reported when it ends.
         break
-      test = evaluate.evaluate(experiment.p_eval_step, state, splits['test'],
-                               experiment.eval_batch_size)
-      train = so_far['sums']
-      report_epoch(writer, workdir, step, epoch, train, test,
-                   train['count'] / so_far['seconds'],
-                   float(experiment.learning_rate_fn(step - 1)))
+      end_epoch(writer, experiment, workdir, state, step, so_far)
       so_far = None  # The next epoch starts from nothing.
     manager.wait_until_finished()
     if stopped:

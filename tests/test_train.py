@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import time
 
 import chex
@@ -102,6 +103,19 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(config, trained,
   resumed = train.train_and_evaluate(experiment.build(config), str(tmp_path))
   chex.assert_trees_all_equal(resumed.params, uninterrupted.params)
   chex.assert_trees_all_equal(resumed.step, uninterrupted.step)
+
+
+@pytest.mark.xdist_group('trained')  # One worker runs the shared run.
+def test_an_epoch_killed_in_its_evaluation_is_reported_when_resumed(config, trained,
+                                                                   tmp_path):
+  workdir = tmp_path / 'w'
+  shutil.copytree(trained[0], workdir)
+  metrics = workdir / 'metrics.jsonl'
+  lines = metrics.read_text().splitlines(keepends=True)
+  # What a kill in the last epoch's evaluation leaves: its checkpoint, not its line.
+  metrics.write_text(''.join(lines[:-1]))
+  train.train_and_evaluate(experiment.build(config), str(workdir))
+  assert metrics.read_text() == ''.join(lines)  # Its train metrics and speed too.
 
 
 def test_num_train_steps_stops_mid_epoch_and_logs(config, tmp_path):

@@ -62,6 +62,13 @@ class MetricWriter:
       self._jsonl_file.write(line)
       self._jsonl_file.flush()
 
+  def has_step(self, step: int) -> bool:
+    """Whether metrics.jsonl has a line of `step`; an inactive writer says False."""
+    if not (self.active and self._jsonl.exists()):
+      return False
+    return any(json.loads(line)['step'] == step
+               for line in self._jsonl.read_text().splitlines())
+
   def write_config(self, step: int, config_text: str) -> None:
     """Writes the config's text to TensorBoard, indented so it shows as code."""
     if not self.active:

@@ -106,14 +106,16 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(config, trained,
 
 
 @pytest.mark.xdist_group('trained')  # One worker runs the shared run.
-def test_an_epoch_killed_in_its_evaluation_is_reported_when_resumed(config, trained,
-                                                                   tmp_path):
+@pytest.mark.parametrize('kept', [0, 100], ids=['killed in its evaluation',
+                                                'its line cut short by a full disk'])
+def test_an_epoch_not_logged_is_reported_when_resumed(config, trained, tmp_path, kept):
   workdir = tmp_path / 'w'
   shutil.copytree(trained[0], workdir)
   metrics = workdir / 'metrics.jsonl'
   lines = metrics.read_text().splitlines(keepends=True)
-  # What a kill in the last epoch's evaluation leaves: its checkpoint, not its line.
-  metrics.write_text(''.join(lines[:-1]))
+  # What a kill in the last epoch's evaluation leaves: its checkpoint, not its
+  # line; a full disk stops a write at its last free block, mid-line.
+  metrics.write_text(''.join(lines[:-1]) + lines[-1][:kept])
   train.train_and_evaluate(experiment.build(config), str(workdir))
   assert metrics.read_text() == ''.join(lines)  # Its train metrics and speed too.
 

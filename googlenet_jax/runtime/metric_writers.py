@@ -7,10 +7,21 @@ import shutil
 import tempfile
 from typing import Mapping
 
+from absl import logging
 from etils import epath
 from tensorboardX import SummaryWriter
 
 from googlenet_jax.runtime import workdirs
+
+
+def drop_cut_line(path: epath.Path) -> None:
+  """Removes a last line cut short, which a full disk leaves (a write stops at the last
+  free block), so that the next line does not join it; its epoch is logged again."""
+  text = path.read_text() if path.exists() else ''
+  if text and not text.endswith('\n'):
+    logging.warning('%s ended in a line cut short (a write that failed, as on a full '
+                    'disk): removed it.', path)
+    os.truncate(path, len(text[:text.rfind('\n') + 1].encode()))
 
 
 class MetricWriter:
@@ -40,6 +51,7 @@ class MetricWriter:
         self._lines = self._jsonl.read_text() if self._jsonl.exists() else ''
         self._jsonl.write_text(self._lines)  # There from the start, as a log file.
       else:
+        drop_cut_line(self._jsonl)
         self._jsonl_file = open(self._jsonl, 'a')
 
   def __enter__(self) -> 'MetricWriter':

@@ -96,6 +96,11 @@ class CheckpointClock:
     return bool(multihost_utils.process_allgather(np.array(mine)).any())
 
 
+def epoch_ended(step: int, steps_per_epoch: int, num_steps: int) -> bool:
+  """Whether `step` ends an epoch: a multiple of the epoch, or the run's last step."""
+  return step > 0 and (step % steps_per_epoch == 0 or step == num_steps)
+
+
 def checkpoint_due(every_steps: int, step: int, steps_per_epoch: int, num_steps: int,
                    time_up: bool) -> bool:
   """Whether `every_steps`, or the clock's `time_up`, asks for a checkpoint now.
@@ -103,7 +108,7 @@ def checkpoint_due(every_steps: int, step: int, steps_per_epoch: int, num_steps:
   Epoch ends and the run's end are saved anyway, so they never count here.
   """
   asked = time_up or bool(every_steps and step % every_steps == 0)
-  return asked and bool(step % steps_per_epoch) and step < num_steps
+  return asked and not epoch_ended(step, steps_per_epoch, num_steps)
 
 
 def restore_or_create(experiment: Experiment,
@@ -123,11 +128,6 @@ def restore_or_create(experiment: Experiment,
   logging.info('Resuming from the checkpoint at step %d.', step)
   meta = checkpoint.read_meta(epath.Path(manager.directory) / str(step))
   return state, meta.get(EPOCH_SO_FAR)
-
-
-def epoch_ended(step: int, steps_per_epoch: int, num_steps: int) -> bool:
-  """Whether `step` ends an epoch: a multiple of the epoch, or the run's last step."""
-  return step > 0 and (step % steps_per_epoch == 0 or step == num_steps)
 
 
 def resume_epoch(writer: MetricWriter, experiment: Experiment, workdir: str,

@@ -1,4 +1,8 @@
-"""BatchNorm GoogLeNet at 96x96 with a modern SGD recipe. Accuracy: not measured.
+"""BatchNorm GoogLeNet at 96x96 with a modern SGD recipe: 95.13% test accuracy.
+
+Measured 2026-12-07 on all 10,000 test images, after 30 epochs on a 2-core CPU
+VM in float32: six resumed pieces, about 13 h of wall time with the machine
+shared, about 9 h alone (an estimate); docs/fmnist96_best/.
 
 Nesterov momentum 0.9, weight decay 5e-4 on the kernels, learning rate 0.1
 after a 1-epoch linear warmup, cosine decay to 0 over 30 epochs, label smoothing
